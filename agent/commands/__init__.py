@@ -1,0 +1,1 @@
+"""One module per `edu-agent` subcommand family; each exposes ``register(subparsers)``."""

@@ -1,0 +1,1 @@
+"""Transports (how packages move) and stores (where their content lands)."""

@@ -1,0 +1,1 @@
+"""Stores: SQL tables and share directories that packages are applied into."""

@@ -1,0 +1,1 @@
+"""Transports: SFTP to the platform, or a local directory; one interface."""

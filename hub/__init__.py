@@ -1,0 +1,1 @@
+"""edu-hub: the reference implementation of the platform's side of the exchange protocol."""
