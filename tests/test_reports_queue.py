@@ -1,0 +1,95 @@
+"""Report documents (docs/hub.md shapes) and the bounded local queue."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from agent.reports import QueuedReport, ReportBuilder, ReportQueue
+
+
+@pytest.fixture
+def builder() -> ReportBuilder:
+    return ReportBuilder("school-1", started=1_764_000_000.0, clock=lambda: 1_764_000_300.0)
+
+
+def test_documents_follow_hub_formats(builder: ReportBuilder) -> None:
+    hb = builder.heartbeat(interval_s=300, config_digest="cd", subscriptions=[], disk_free={"db": 10},
+                           audit_head={"seq": 3, "hash": "ab"}, queue_length=0)
+    assert {k: hb[k] for k in ("format", "type", "agent_id", "time", "interval_s", "uptime_s")} == {
+        "format": 1, "type": "heartbeat", "agent_id": "school-1", "time": "2025-11-24T16:05:00Z",
+        "interval_s": 300, "uptime_s": 300}
+    assert hb["started"] == "2025-11-24T16:00:00Z"
+    receipt = builder.apply_receipt(subscription_id="s", package_id="p", sequence=2, kind="delta",
+                                    result="applied", rows_upserted=5, digest_match=False,
+                                    mismatched_buckets=[3, 17])
+    assert receipt["mismatched_buckets"] == [3, 17]
+    assert receipt["error"] is None
+    with pytest.raises(ValueError):
+        builder.apply_receipt(subscription_id="s", package_id="p", sequence=2, kind="delta", result="maybe")
+    req = builder.request(subscription_id="s", request="resend_buckets", reason="mismatch", buckets=[1])
+    assert len(req["request_id"]) == 32
+    deletion = builder.deletion_receipt(subscription_id="s", package_id="r", sequence=9, target="T", rows=4,
+                                        files=0)
+    assert deletion["purged"] == {"target": "T", "rows": 4, "files": 0}
+
+
+def test_queue_keeps_order_and_survives_restart(tmp_path: Path, builder: ReportBuilder) -> None:
+    queue = ReportQueue(tmp_path / "q")
+    for seq in range(1, 4):
+        queue.put(builder.apply_receipt(subscription_id="s", package_id=f"p{seq}", sequence=seq, kind="delta",
+                                        result="applied"))
+    again = ReportQueue(tmp_path / "q")
+    assert [r.document["sequence"] for r in again] == [1, 2, 3]
+    assert all(r.path.stat().st_mode & 0o077 == 0 for r in again)
+
+
+def test_bound_drops_oldest_heartbeats_never_receipts(tmp_path: Path, builder: ReportBuilder) -> None:
+    queue = ReportQueue(tmp_path / "q", max_items=5)
+    hb = builder.heartbeat(interval_s=60, config_digest="x", subscriptions=[], disk_free={}, audit_head={},
+                           queue_length=0)
+    for i in range(4):
+        queue.put({**hb, "n": i})
+    for seq in range(6):
+        queue.put(builder.apply_receipt(subscription_id="s", package_id=f"p{seq}", sequence=seq, kind="delta",
+                                        result="applied"))
+    queue.put({**hb, "n": 99})
+    kept = list(queue)
+    receipts = [r.document["sequence"] for r in kept if r.type == "apply_receipt"]
+    heartbeats = [r.document["n"] for r in kept if r.type == "heartbeat"]
+    assert receipts == list(range(6))  # never dropped, even over the bound
+    assert heartbeats == [99]  # the newest heartbeat is always kept
+    assert queue.dropped == 4
+
+
+def test_delivery_stops_at_first_failure_and_resumes(tmp_path: Path, builder: ReportBuilder) -> None:
+    queue = ReportQueue(tmp_path / "q")
+    for seq in range(5):
+        queue.put(builder.error(subscription_id="s", code="c", message=f"m{seq}", sequence=seq))
+    delivered: list[int] = []
+    platform_up = [True]
+
+    def send(report: QueuedReport) -> None:
+        if not platform_up[0] or len(delivered) == 2:
+            platform_up[0] = False
+            raise ConnectionError("platform unreachable")
+        delivered.append(report.document["sequence"])
+
+    with pytest.raises(ConnectionError):
+        queue.deliver(send)
+    assert delivered == [0, 1]
+    assert len(queue) == 3
+    platform_up[0] = True
+    delivered.clear()
+    assert queue.deliver(lambda r: delivered.append(r.document["sequence"])) == 3
+    assert delivered == [2, 3, 4]
+    assert len(queue) == 0
+
+
+def test_queue_refuses_non_reports(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="not a report"):
+        ReportQueue(tmp_path).put({"type": "package"})
+    assert not list(tmp_path.iterdir())
+    json.dumps({})
