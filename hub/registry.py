@@ -64,7 +64,9 @@ class Registry:
         self.root = Path(root)
         db = self.root / "hub.db"
         if not db.exists():
-            raise RegistryError(f"{self.root} is not a hub directory (no hub.db): run `edu-hub init {self.root}`")
+            raise RegistryError(
+                f"{self.root} is not a hub directory (no hub.db): run `edu-hub init {self.root}`"
+            )
         self.db = sqlite3.connect(db, isolation_level=None)
         self.db.execute("PRAGMA foreign_keys=ON")
         self.db.execute("PRAGMA busy_timeout=10000")
@@ -163,7 +165,8 @@ class Registry:
                 )
             else:
                 db.execute(
-                    "INSERT INTO subscriptions (id, source_file, document, added, updated) VALUES (?, ?, ?, ?, ?)",
+                    "INSERT INTO subscriptions (id, source_file, document, added, updated)"
+                    " VALUES (?, ?, ?, ?, ?)",
                     (sub.id, source_file, document, stamp, stamp),
                 )
         return sub, not existing

@@ -57,7 +57,9 @@ class TableReader:
         if self.source.soft_delete is not None:
             extra.add(self.source.soft_delete.column)
         names = list(dict.fromkeys([*self.columns, *sorted(extra)]))
-        self.table = sa.table(self.source.table, *(sa.column(n) for n in names), schema=self.source.table_schema)
+        self.table = sa.table(
+            self.source.table, *(sa.column(n) for n in names), schema=self.source.table_schema
+        )
         self._col = {n: self.table.c[n] for n in names}
 
     def close(self) -> None:

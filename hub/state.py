@@ -122,14 +122,24 @@ class PublishState:
             "INSERT INTO packages (package_id, agent, sequence, kind, filename, directory, status, created,"
             " expected_digest, acked) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
-                record.package_id, record.agent, record.sequence, record.kind, record.filename,
-                record.directory, record.status, record.created, record.expected_digest, record.acked,
+                record.package_id,
+                record.agent,
+                record.sequence,
+                record.kind,
+                record.filename,
+                record.directory,
+                record.status,
+                record.created,
+                record.expected_digest,
+                record.acked,
             ),
         )
 
     def packages(self, agent: str | None = None, status: str | None = None) -> list[PackageRecord]:
-        sql = "SELECT package_id, agent, sequence, kind, filename, directory, status, created, expected_digest," \
-              " acked FROM packages WHERE 1=1"
+        sql = (
+            "SELECT package_id, agent, sequence, kind, filename, directory, status, created, expected_digest,"
+            " acked FROM packages WHERE 1=1"
+        )
         args: list[Any] = []
         if agent is not None:
             sql += " AND agent = ?"
@@ -150,9 +160,13 @@ class PublishState:
 
     # ------------------------------------------------------------------ requests
     def request_done(self, request_id: str) -> bool:
-        return self.db.execute("SELECT 1 FROM requests WHERE request_id = ?", (request_id,)).fetchone() is not None
+        return (
+            self.db.execute("SELECT 1 FROM requests WHERE request_id = ?", (request_id,)).fetchone()
+            is not None
+        )
 
     def mark_request(self, request_id: str, agent: str, when: str) -> None:
         self.db.execute(
-            "INSERT OR IGNORE INTO requests (request_id, agent, done) VALUES (?, ?, ?)", (request_id, agent, when)
+            "INSERT OR IGNORE INTO requests (request_id, agent, done) VALUES (?, ?, ?)",
+            (request_id, agent, when),
         )
