@@ -163,7 +163,8 @@ class Agent:
 
 
 def _write_config(workdir: Path, digest: str, subscriptions: list[str], **extra: Any) -> None:
-    (workdir / "config.json").write_text(json.dumps({"digest": digest, "subscriptions": subscriptions, **extra}))
+    config = {"digest": digest, "subscriptions": subscriptions, **extra}
+    (workdir / "config.json").write_text(json.dumps(config))
 
 
 def _spawn(workdir: Path, notify: NotifyListener, watchdog_usec: int | None = 600_000,
