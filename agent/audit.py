@@ -4,7 +4,7 @@ One JSON object per line. Each entry carries ``seq`` (1, 2, ...), ``prev`` (the 
 entry's hash; 64 zeros for the first) and ``hash`` = SHA-256 over the canonical JSON of the
 entry without ``hash``. Every append is fsync'd before the caller goes on. Editing an
 entry breaks its hash, deleting one breaks the next ``prev``/``seq``, and truncating the tail
-is caught against a known head: the local ``audit.head`` file, or the head the platform
+is caught against a known head: the local ``audit.log.head`` file, or the head the platform
 received in heartbeats (``edu-agent audit verify --expect-head SEQ:HASH``).
 """
 
@@ -21,8 +21,6 @@ from pathlib import Path
 from typing import Any
 
 GENESIS = "0" * 64
-LOG_NAME = "audit.log"
-HEAD_NAME = "audit.head"
 
 # The events the agent records; anything else is a programming error.
 EVENTS = frozenset(
@@ -77,14 +75,18 @@ def entry_hash(entry: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-class AuditTrail:
-    """Appends entries to ``DIR/audit.log`` (the state directory's audit folder)."""
+def head_path_for(log_path: Path) -> Path:
+    """Where the last known head is kept, beside the log (``audit.log`` -> ``audit.log.head``)."""
+    return log_path.with_name(log_path.name + ".head")
 
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.path = directory / LOG_NAME
-        self.head_path = directory / HEAD_NAME
+
+class AuditTrail:
+    """Appends entries to the audit log file (``audit.path``, default ``<state_dir>/audit.log``)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.head_path = head_path_for(path)
         self._head: Head | None = None
 
     def head(self) -> Head:
@@ -170,14 +172,14 @@ def iter_entries(path: Path) -> Iterator[tuple[int, str]]:
         yield from enumerate(fh, 1)
 
 
-def verify(directory: Path, expect_head: Head | None = None) -> VerifyResult:
+def verify(path: Path, expect_head: Head | None = None) -> VerifyResult:
     """Walk the whole chain; list every break, then compare the end with the known heads."""
     result = VerifyResult()
-    path = directory / LOG_NAME
+    name = path.name
     prev = EMPTY_HEAD
     if path.exists():
         for lineno, line in iter_entries(path):
-            where = f"{LOG_NAME}:{lineno}"
+            where = f"{name}:{lineno}"
             if not line.endswith("\n"):
                 result.errors.append(f"{where}: incomplete last line (torn write or truncation)")
             try:
@@ -195,7 +197,8 @@ def verify(directory: Path, expect_head: Head | None = None) -> VerifyResult:
             prev = Head(seq, recorded_hash)
             result.entries += 1
     result.head = prev
-    known = [("audit.head", _read_head_file(directory / HEAD_NAME, result.errors))]
+    head_path = head_path_for(path)
+    known = [(head_path.name, _read_head_file(head_path, result.errors))]
     if expect_head is not None:
         known.append(("expected head", expect_head))
     for name, head in known:
@@ -211,7 +214,7 @@ def _read_head_file(path: Path, errors: list[str]) -> Head | None:
     except FileNotFoundError:
         return None
     except ValueError as exc:
-        errors.append(f"{HEAD_NAME}: {exc}")
+        errors.append(f"{path.name}: {exc}")
         return None
 
 

@@ -69,6 +69,7 @@ class Runtime(Protocol):
     agent_id: str
     config_digest: str
     state_dir: Path
+    audit_path: Path
     poll_interval: float
     heartbeat_interval: float
     report_queue_max: int
@@ -142,8 +143,8 @@ class Daemon:
         self._lock = StateLock(_mkdir(runtime.state_dir))
         self._lock.acquire()
         self.state = State(runtime.state_dir)
-        self.audit = AuditTrail(runtime.state_dir / "audit")
-        self.queue = ReportQueue(runtime.state_dir / "outqueue", max_items=runtime.report_queue_max)
+        self.audit = AuditTrail(runtime.audit_path)
+        self.queue = ReportQueue(runtime.state_dir / "outqueue", max_bytes=runtime.report_queue_max)
         self.reports = ReportBuilder(runtime.agent_id, started=self.started, clock=self._clock)
         self.scheduler = Scheduler(self.state, runtime.poll_interval, clock=self._clock)
         self.audit.record("agent.start", agent_id=runtime.agent_id, config_digest=runtime.config_digest)

@@ -6,12 +6,14 @@ them (listed in docs/daemon.md). Each document is queued as a JSON file in the s
 directory (fsync'd, 0600) and, when the platform is reachable, sealed as a package signed by
 the agent and encrypted to the platform, then uploaded to ``outbox/`` (temp name + rename).
 
-The queue is bounded: when it holds more than ``max_items`` the *oldest heartbeats* are
-dropped (a newer heartbeat supersedes them; the newest is always kept); receipts, errors and requests are never dropped.
+The queue is bounded (``reporting.max_queue_size`` bytes): beyond it the *oldest heartbeats*
+are dropped (a newer heartbeat supersedes them; the newest is always kept); receipts, errors
+and requests are never dropped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -121,12 +123,12 @@ class QueuedReport:
 class ReportQueue:
     """Reports waiting for delivery, oldest first, in ``DIR`` (one fsync'd JSON file each)."""
 
-    def __init__(self, directory: Path, max_items: int = 1000) -> None:
-        if max_items < 1:
-            raise ValueError("report queue bound must be >= 1")
+    def __init__(self, directory: Path, max_bytes: int = 256 << 20) -> None:
+        if max_bytes < 1:
+            raise ValueError("report queue bound must be >= 1 byte")
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.max_items = max_items
+        self.max_bytes = max_bytes
         self.dropped = 0
         self._last_stamp = 0
 
@@ -157,18 +159,30 @@ class ReportQueue:
         names = self._names()
         return int(names[-1].split("-", 1)[0]) if names else 0
 
+    def size(self) -> int:
+        """Bytes queued."""
+        total = 0
+        for name in self._names():
+            with contextlib.suppress(FileNotFoundError):
+                total += (self.directory / name).stat().st_size
+        return total
+
     def _enforce_bound(self) -> None:
-        names = self._names()
-        excess = len(names) - self.max_items
-        if excess <= 0:
-            return
-        heartbeats = [n for n in names if n.endswith("-heartbeat.json")][:-1]  # the newest always stays
-        for name in heartbeats[:excess]:
+        sizes = {}
+        for name in self._names():
+            with contextlib.suppress(FileNotFoundError):
+                sizes[name] = (self.directory / name).stat().st_size
+        total = sum(sizes.values())
+        heartbeats = [n for n in sizes if n.endswith("-heartbeat.json")][:-1]  # the newest always stays
+        for name in heartbeats:
+            if total <= self.max_bytes:
+                return
             (self.directory / name).unlink(missing_ok=True)
+            total -= sizes[name]
             self.dropped += 1
-        if excess > len(heartbeats):
-            log.warning("reports.queue_over_bound", queued=len(names) - len(heartbeats[:excess]),
-                        bound=self.max_items, reason="receipts, errors and requests are never dropped")
+        if total > self.max_bytes:
+            log.warning("reports.queue_over_bound", queued_bytes=total, bound=self.max_bytes,
+                        reason="receipts, errors and requests are never dropped")
 
     def __iter__(self) -> Iterator[QueuedReport]:
         for name in self._names():

@@ -10,11 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.audit import EMPTY_HEAD, HEAD_NAME, LOG_NAME, AuditTrail, Head, verify
+from agent.audit import EMPTY_HEAD, AuditTrail, Head, verify
 
 
 def _trail(tmp_path: Path, n: int = 5) -> AuditTrail:
-    trail = AuditTrail(tmp_path / "audit")
+    trail = AuditTrail(tmp_path / "audit" / "audit.log")
     for i in range(n):
         trail.record("package.applied", subscription="s1", package_id=f"p{i}", sequence=i + 1, 姓名="张三")
     return trail
@@ -28,16 +28,16 @@ def test_chain_verifies_and_head_is_tracked(tmp_path: Path) -> None:
     trail = _trail(tmp_path)
     head = trail.head()
     assert head.seq == 5
-    result = verify(trail.directory)
+    result = verify(trail.path)
     assert result.ok, result.errors
     assert result.entries == 5
     assert result.head == head
-    assert Head.parse((trail.directory / HEAD_NAME).read_text()) == head
+    assert Head.parse(trail.head_path.read_text()) == head
     # a fresh instance (a restart) continues the same chain
-    again = AuditTrail(trail.directory)
+    again = AuditTrail(trail.path)
     assert again.head() == head
     again.record("config.reloaded", digest="abc")
-    assert verify(trail.directory).ok
+    assert verify(trail.path).ok
     entries = [json.loads(line) for line in _lines(again)]
     assert [e["seq"] for e in entries] == [1, 2, 3, 4, 5, 6]
     assert entries[0]["prev"] == EMPTY_HEAD.hash
@@ -51,7 +51,7 @@ def test_log_file_is_private(tmp_path: Path) -> None:
 
 def test_unknown_event_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown audit event"):
-        AuditTrail(tmp_path).record("package.teleported")
+        AuditTrail(tmp_path / "a.log").record("package.teleported")
 
 
 def test_edited_entry_is_detected(tmp_path: Path) -> None:
@@ -59,7 +59,7 @@ def test_edited_entry_is_detected(tmp_path: Path) -> None:
     lines = _lines(trail)
     lines[2] = lines[2].replace('"p2"', '"p9"')
     trail.path.write_text("".join(lines), encoding="utf-8")
-    result = verify(trail.directory)
+    result = verify(trail.path)
     assert not result.ok
     assert any("entry 3 hash mismatch" in e for e in result.errors)
 
@@ -74,7 +74,7 @@ def test_edited_and_rehashed_entry_breaks_the_next_link(tmp_path: Path) -> None:
     entry["hash"] = entry_hash(entry)
     lines[1] = json.dumps(entry, ensure_ascii=False) + "\n"
     trail.path.write_text("".join(lines), encoding="utf-8")
-    result = verify(trail.directory)
+    result = verify(trail.path)
     assert any("audit.log:3: prev hash" in e for e in result.errors)
 
 
@@ -83,7 +83,7 @@ def test_deleted_entry_is_detected(tmp_path: Path) -> None:
     lines = _lines(trail)
     del lines[1]
     trail.path.write_text("".join(lines), encoding="utf-8")
-    result = verify(trail.directory)
+    result = verify(trail.path)
     assert any("seq 3 follows 1" in e for e in result.errors)
 
 
@@ -91,7 +91,7 @@ def test_truncation_is_detected_by_the_head_file(tmp_path: Path) -> None:
     trail = _trail(tmp_path)
     lines = _lines(trail)
     trail.path.write_text("".join(lines[:3]), encoding="utf-8")
-    result = verify(trail.directory)
+    result = verify(trail.path)
     assert any("truncated" in e for e in result.errors)
 
 
@@ -100,9 +100,9 @@ def test_truncation_with_head_file_rewritten_is_detected_by_known_head(tmp_path:
     reported = trail.head()  # what heartbeats carried to the platform
     lines = _lines(trail)
     trail.path.write_text("".join(lines[:3]), encoding="utf-8")
-    (trail.directory / HEAD_NAME).write_text(str(Head(3, json.loads(lines[2])["hash"])))
-    assert verify(trail.directory).ok  # locally consistent ...
-    result = verify(trail.directory, expect_head=reported)
+    trail.head_path.write_text(str(Head(3, json.loads(lines[2])["hash"])))
+    assert verify(trail.path).ok  # locally consistent ...
+    result = verify(trail.path, expect_head=reported)
     assert not result.ok  # ... but not what the platform saw
     assert any("truncated" in e for e in result.errors)
 
@@ -111,11 +111,11 @@ def test_rewritten_history_is_detected_by_known_head(tmp_path: Path) -> None:
     trail = _trail(tmp_path, 3)
     reported = trail.head()
     trail.path.unlink()
-    (trail.directory / HEAD_NAME).unlink()
-    fresh = AuditTrail(trail.directory)
+    trail.head_path.unlink()
+    fresh = AuditTrail(trail.path)
     for _ in range(4):
         fresh.record("agent.start")
-    result = verify(trail.directory, expect_head=reported)
+    result = verify(trail.path, expect_head=reported)
     assert any("rewritten" in e for e in result.errors)
 
 
@@ -123,7 +123,7 @@ def test_torn_last_line_is_reported(tmp_path: Path) -> None:
     trail = _trail(tmp_path, 2)
     with open(trail.path, "a") as fh:
         fh.write('{"seq": 3, "ev')
-    result = verify(trail.directory)
+    result = verify(trail.path)
     assert not result.ok
 
 
@@ -138,12 +138,12 @@ def test_head_parse_rejects_garbage() -> None:
 def test_any_single_byte_change_is_detected(tmp_path_factory: pytest.TempPathFactory, line: int, pos: int,
                                             xor: int) -> None:
     directory = tmp_path_factory.mktemp("audit")
-    trail = AuditTrail(directory)
+    trail = AuditTrail(directory / "audit.log")
     for i in range(6):
         trail.record("package.received", package_id=f"pkg-{i}", name=f"inbox/{i:08d}.pkg")
     data = bytearray(trail.path.read_bytes())
     starts = [0, *[i + 1 for i, b in enumerate(data) if b == 10][:-1]]
     offset = starts[line] + pos % (len(data) - starts[line])
     data[offset] ^= xor
-    (directory / LOG_NAME).write_bytes(bytes(data))
-    assert not verify(directory).ok
+    trail.path.write_bytes(bytes(data))
+    assert not verify(trail.path).ok

@@ -37,9 +37,10 @@ class FileRuntime:
     agent_id: str
     config_digest: str
     state_dir: Path
+    audit_path: Path
     poll_interval: float
     heartbeat_interval: float
-    report_queue_max: int = 100
+    report_queue_max: int = 1 << 20
     metrics: MetricsSettings | None = None
 
     def subscriptions(self, ctx: RunContext) -> dict[str, Schedule]:
@@ -92,8 +93,9 @@ def load_runtime(workdir: Path) -> FileRuntime:
         config = json.loads(text)
     except ValueError as exc:
         raise ConfigLoadError(f"config.json: {exc}") from None
-    return FileRuntime(workdir, "school-1", config["digest"], workdir / "state", config.get("poll", 0.3),
-                       config.get("heartbeat", 60))
+    state = workdir / "state"
+    return FileRuntime(workdir, "school-1", config["digest"], state, state / "audit.log",
+                       config.get("poll", 0.3), config.get("heartbeat", 60))
 
 
 if __name__ == "__main__":
@@ -158,7 +160,7 @@ class Agent:
         raise AssertionError(f"event {text!r} not seen; events: {self.events()[-10:]}")
 
     def audit_events(self) -> list[dict[str, Any]]:
-        path = self.workdir / "state" / "audit" / "audit.log"
+        path = self.workdir / "state" / "audit.log"
         return [json.loads(line) for line in path.read_text().splitlines()]
 
 

@@ -47,9 +47,10 @@ def test_queue_keeps_order_and_survives_restart(tmp_path: Path, builder: ReportB
 
 
 def test_bound_drops_oldest_heartbeats_never_receipts(tmp_path: Path, builder: ReportBuilder) -> None:
-    queue = ReportQueue(tmp_path / "q", max_items=5)
     hb = builder.heartbeat(interval_s=60, config_digest="x", subscriptions=[], disk_free={}, audit_head={},
                            queue_length=0)
+    one = len(json.dumps({**hb, "n": 0}, separators=(",", ":")))
+    queue = ReportQueue(tmp_path / "q", max_bytes=5 * one)  # room for about five documents
     for i in range(4):
         queue.put({**hb, "n": i})
     for seq in range(6):
@@ -62,6 +63,7 @@ def test_bound_drops_oldest_heartbeats_never_receipts(tmp_path: Path, builder: R
     assert receipts == list(range(6))  # never dropped, even over the bound
     assert heartbeats == [99]  # the newest heartbeat is always kept
     assert queue.dropped == 4
+    assert queue.size() > queue.max_bytes  # over the bound only because receipts are never dropped
 
 
 def test_delivery_stops_at_first_failure_and_resumes(tmp_path: Path, builder: ReportBuilder) -> None:
