@@ -1,0 +1,1 @@
+"""Package test vectors and the helpers the package tests share."""
