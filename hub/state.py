@@ -24,6 +24,7 @@ from typing import Any
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS blobs (k TEXT PRIMARY KEY, v BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS rows (key TEXT PRIMARY KEY, line TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS files (
     path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, sha256 TEXT NOT NULL
@@ -68,6 +69,7 @@ class PublishState:
     """The state database of one subscription."""
 
     def __init__(self, path: Path) -> None:
+        self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(path, isolation_level=None)
         self.db.execute("PRAGMA busy_timeout=30000")
@@ -98,6 +100,16 @@ class PublishState:
         self.db.execute(
             "INSERT INTO meta (k, v) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v",
             (key, json.dumps(value, sort_keys=True)),
+        )
+
+    def get_blob(self, key: str) -> bytes | None:
+        row = self.db.execute("SELECT v FROM blobs WHERE k = ?", (key,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def put_blob(self, key: str, value: bytes) -> None:
+        self.db.execute(
+            "INSERT INTO blobs (k, v) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v",
+            (key, value),
         )
 
     # ------------------------------------------------------------------ subscribers

@@ -1,0 +1,330 @@
+"""Change capture for table subscriptions: what changed at the source since the last publish.
+
+The published state (``rows`` in the subscription's state DB: canonical key -> canonical row)
+is the reference. A capture writes the change as table-payload records (``U``/``D`` CSV lines,
+docs/architecture.md "Canonical table payload") into a spool file and updates the published
+state and its digest to match — all inside the caller's state transaction.
+
+- snapshot: every live row of the source.
+- delta with a cursor column: rows with ``cursor >= last cursor`` (``>=`` so rows sharing the
+  last value are not lost), each compared with its published row, so a row already sent is not
+  sent again; a soft-deleted row becomes a delete.
+- deletes: one ``count(*)`` of the live source rows against the published count; only when
+  they differ are the source's keys (keys only) streamed into a temporary table and anti-joined
+  with the published keys.
+- no cursor: a full diff (stream every row into a temporary table, join with the published state).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import os
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from hub.catalog import Subscription
+from hub.rows import RowCodec, StateDigest
+from hub.source import TableReader
+from hub.state import PublishState
+
+INSERT_BATCH = 5000
+
+
+class CaptureError(RuntimeError):
+    """The source cannot be captured as declared (duplicate keys, missing columns...)."""
+
+
+@dataclass
+class TableChange:
+    """A change written to a spool file, ready to be packaged for each subscriber."""
+
+    kind: str  # snapshot | delta
+    plaintext: Path
+    upserts: int
+    deletes: int
+    plaintext_bytes: int
+    expected_state: dict[str, Any]
+
+    @property
+    def empty(self) -> bool:
+        return self.kind == "delta" and self.upserts == 0 and self.deletes == 0
+
+
+# --------------------------------------------------------------- cursor values in the state DB
+
+
+def encode_cursor(value: Any) -> dict[str, Any] | None:
+    """A cursor value as tagged JSON, so it binds back with its own type."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return {"t": "bool", "v": value}
+    if isinstance(value, int):
+        return {"t": "int", "v": value}
+    if isinstance(value, decimal.Decimal):
+        return {"t": "decimal", "v": str(value)}
+    if isinstance(value, float):
+        return {"t": "float", "v": repr(value)}
+    if isinstance(value, dt.datetime):
+        return {"t": "datetime", "v": value.isoformat()}
+    if isinstance(value, dt.date):
+        return {"t": "date", "v": value.isoformat()}
+    if isinstance(value, str):
+        return {"t": "str", "v": value}
+    raise CaptureError(f"cursor values of type {type(value).__name__} are not supported")
+
+
+def decode_cursor(tagged: dict[str, Any] | None) -> Any:
+    if tagged is None:
+        return None
+    t, v = tagged["t"], tagged["v"]
+    decoders: dict[str, Any] = {
+        "bool": bool,
+        "int": int,
+        "decimal": decimal.Decimal,
+        "float": float,
+        "datetime": dt.datetime.fromisoformat,
+        "date": dt.date.fromisoformat,
+        "str": str,
+    }
+    return decoders[t](v)
+
+
+# --------------------------------------------------------------- the spool writer
+
+
+class _Spool:
+    """Plaintext records of one change, on disk (0600) next to the packages being written."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        self.file: IO[bytes] = os.fdopen(fd, "wb", buffering=1 << 20)
+        self.upserts = 0
+        self.deletes = 0
+        self.bytes = 0
+
+    def upsert(self, line: str) -> None:
+        data = ("U," + line + "\n").encode("utf-8")
+        self.file.write(data)
+        self.bytes += len(data)
+        self.upserts += 1
+
+    def delete(self, record: str) -> None:
+        data = (record + "\n").encode("utf-8")
+        self.file.write(data)
+        self.bytes += len(data)
+        self.deletes += 1
+
+    def finish(self, kind: str, digest: dict[str, Any]) -> TableChange:
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        return TableChange(kind, self.path, self.upserts, self.deletes, self.bytes, digest)
+
+
+# --------------------------------------------------------------- capture
+
+
+class TableCapture:
+    """Computes the next change of one table subscription against its published state."""
+
+    def __init__(self, subscription: Subscription, state: PublishState, reader: TableReader) -> None:
+        self.sub = subscription
+        self.state = state
+        self.db: sqlite3.Connection = state.db
+        self.reader = reader
+        self.codec = RowCodec(subscription.dictionary)
+        cursor = subscription.table_source.cursor
+        self.cursor_index = subscription.column_names.index(cursor) if cursor else None
+
+    @property
+    def initialised(self) -> bool:
+        return self.state.get_blob("table_digest") is not None
+
+    def published_count(self) -> int:
+        return int(self.db.execute("SELECT count(*) FROM rows").fetchone()[0])
+
+    def _save(self, digest: StateDigest, cursor: Any) -> dict[str, Any]:
+        self.state.put_blob("table_digest", digest.to_bytes())
+        self.state.put("cursor", encode_cursor(cursor))
+        return digest.summary()
+
+    def _digest(self) -> StateDigest:
+        saved = self.state.get_blob("table_digest")
+        return StateDigest.empty() if saved is None else StateDigest.from_bytes(saved)
+
+    def _bump(self, best: Any, values: Sequence[Any]) -> Any:
+        if self.cursor_index is None:
+            return None
+        value = values[self.cursor_index]
+        if value is None:
+            return best
+        return value if best is None or value > best else best
+
+    # ---------------------------------------------------------- snapshot from the source
+    def snapshot(self, spool_path: Path) -> TableChange:
+        """Read every live row: the new published state is exactly the source."""
+        spool = _Spool(spool_path)
+        digest = StateDigest.empty()
+        self.db.execute("DELETE FROM rows")
+        best: Any = None
+        batch: list[tuple[str, str]] = []
+        for values in self.reader.rows():
+            line = self.codec.line(values)
+            key = self.codec.key(values)
+            batch.append((key, line))
+            spool.upsert(line)
+            digest.add(key, line)
+            best = self._bump(best, values)
+            if len(batch) >= INSERT_BATCH:
+                self._insert_new(batch)
+                batch = []
+        self._insert_new(batch)
+        return spool.finish("snapshot", self._save(digest, best))
+
+    def _insert_new(self, batch: list[tuple[str, str]]) -> None:
+        try:
+            self.db.executemany("INSERT INTO rows (key, line) VALUES (?, ?)", batch)
+        except sqlite3.IntegrityError:
+            raise CaptureError(
+                f"subscription {self.sub.id}: the source returned the same primary key twice; "
+                f"the dictionary's primary key {self.sub.key_columns} is not unique in the source"
+            ) from None
+
+    # ---------------------------------------------------------- snapshot from the published state
+    def snapshot_from_state(self, spool_path: Path) -> TableChange:
+        """The published state as a snapshot (late subscribers, resync requests)."""
+        spool = _Spool(spool_path)
+        for (line,) in self.db.execute("SELECT line FROM rows ORDER BY key"):
+            spool.upsert(line)
+        return spool.finish("snapshot", self._digest().summary())
+
+    # ---------------------------------------------------------- delta
+    def delta(self, spool_path: Path) -> TableChange:
+        if self.cursor_index is None:
+            return self.full_diff(spool_path)
+        spool = _Spool(spool_path)
+        digest = self._digest()
+        last = decode_cursor(self.state.get("cursor"))
+        best = last
+        rows = self.reader.changed_since(last) if last is not None else self._all_as_changed()
+        for values, soft_deleted in rows:
+            best = self._bump(best, values)
+            key = self.codec.key(values)
+            found = self.db.execute("SELECT line FROM rows WHERE key = ?", (key,)).fetchone()
+            old = None if found is None else found[0]
+            if soft_deleted:
+                if old is not None:
+                    self._delete(spool, digest, key, old)
+                continue
+            line = self.codec.line(values)
+            if old == line:
+                continue  # already published: shares the last cursor value, or only unsent columns changed
+            self.db.execute(
+                "INSERT INTO rows (key, line) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET line = excluded.line",
+                (key, line),
+            )
+            if old is not None:
+                digest.remove(key, old)
+            digest.add(key, line)
+            spool.upsert(line)
+        if self.reader.count() != self.published_count():
+            self._reconcile_keys(spool, digest)
+        return spool.finish("delta", self._save(digest, best))
+
+    def _all_as_changed(self) -> Iterator[tuple[Sequence[Any], bool]]:
+        """Every row had a NULL cursor at the last publish: treat all rows as changed."""
+        for values in self.reader.rows():
+            yield values, False
+
+    def _delete_missing_from(self, staged: str, spool: _Spool, digest: StateDigest) -> None:
+        """Delete every published row whose key is not in the staged table."""
+        self.db.execute("DROP TABLE IF EXISTS temp.gone")
+        subquery = f"SELECT key FROM temp.{staged}"  # staged is a constant name ("live" or "seen")
+        self.db.execute("CREATE TEMP TABLE gone AS SELECT key, line FROM rows WHERE key NOT IN (" + subquery + ")")
+        for key, line in self.db.execute("SELECT key, line FROM temp.gone ORDER BY key"):
+            digest.remove(key, line)
+            spool.delete(self.codec.delete_record(key))
+        self.db.execute("DELETE FROM rows WHERE key IN (SELECT key FROM temp.gone)")
+        self.db.execute("DROP TABLE temp.gone")
+
+    def _delete(self, spool: _Spool, digest: StateDigest, key: str, old_line: str) -> None:
+        self.db.execute("DELETE FROM rows WHERE key = ?", (key,))
+        digest.remove(key, old_line)
+        spool.delete(self.codec.delete_record(key))
+
+    def _stage(self, name: str, columns: Sequence[str], rows: Iterable[tuple[str, ...]]) -> None:
+        """Stream rows into a temporary table keyed by its first column (on disk, bounded memory)."""
+        self.db.execute(f"DROP TABLE IF EXISTS temp.{name}")
+        cols = ", ".join(f"{c} TEXT NOT NULL" for c in columns)
+        self.db.execute(f"CREATE TEMP TABLE {name} ({cols}, PRIMARY KEY ({columns[0]})) WITHOUT ROWID")
+        sql = f"INSERT INTO temp.{name} VALUES ({', '.join('?' * len(columns))})"  # noqa: S608 - constant names
+        batch: list[tuple[str, ...]] = []
+        for row in rows:
+            batch.append(row)
+            if len(batch) >= INSERT_BATCH:
+                self._stage_batch(sql, batch)
+                batch = []
+        self._stage_batch(sql, batch)
+
+    def _stage_batch(self, sql: str, batch: list[tuple[str, ...]]) -> None:
+        try:
+            self.db.executemany(sql, batch)
+        except sqlite3.IntegrityError:
+            raise CaptureError(
+                f"subscription {self.sub.id}: the source returned the same primary key twice"
+            ) from None
+
+    def _reconcile_keys(self, spool: _Spool, digest: StateDigest) -> None:
+        """Counts differ: find deleted keys (and rows that appeared without moving the cursor)."""
+        keys = ((self.codec.key_of(k),) for k in self.reader.live_keys())
+        self._stage("live", ["key"], keys)
+        self._delete_missing_from("live", spool, digest)
+        missing = self.db.execute(
+            "SELECT count(*) FROM temp.live WHERE key NOT IN (SELECT key FROM rows)"
+        ).fetchone()[0]
+        self.db.execute("DROP TABLE temp.live")
+        if missing:
+            # Rows that exist at the source but were never captured: their cursor did not move
+            # past the last one. Only a full diff can find their content.
+            self._diff_into(spool, digest)
+
+    # ---------------------------------------------------------- full diff
+    def full_diff(self, spool_path: Path) -> TableChange:
+        spool = _Spool(spool_path)
+        digest = self._digest()
+        best = self._diff_into(spool, digest)
+        return spool.finish("delta", self._save(digest, best))
+
+    def _diff_into(self, spool: _Spool, digest: StateDigest) -> Any:
+        best: list[Any] = [None]
+
+        def staged() -> Iterator[tuple[str, str]]:
+            for values in self.reader.rows():
+                best[0] = self._bump(best[0], values)
+                yield self.codec.key(values), self.codec.line(values)
+
+        self._stage("seen", ["key", "line"], staged())
+        self._delete_missing_from("seen", spool, digest)
+        changed = self.db.execute(
+            "SELECT s.key, s.line, r.line FROM temp.seen s LEFT JOIN rows r ON r.key = s.key "
+            "WHERE r.line IS NULL OR r.line != s.line ORDER BY s.key"
+        )
+        for key, line, old in changed:
+            if old is not None:
+                digest.remove(key, old)
+            digest.add(key, line)
+            spool.upsert(line)
+        self.db.execute(
+            "INSERT INTO rows (key, line) SELECT s.key, s.line FROM temp.seen s "
+            "LEFT JOIN rows r ON r.key = s.key WHERE r.line IS NULL OR r.line != s.line "
+            "ON CONFLICT (key) DO UPDATE SET line = excluded.line"
+        )
+        self.db.execute("DROP TABLE temp.seen")
+        return best[0]

@@ -1,0 +1,158 @@
+"""Change capture for file subscriptions: new, changed and removed files of a source directory.
+
+A scan compares each regular file's size and mtime with the published state; only files whose
+size or mtime moved are hashed, and a file whose content hash is unchanged is not a change
+(a ``touch`` sends nothing). Symlinks, devices and FIFOs are never followed or published.
+While a package is written every file is hashed again as it streams: a file that changed
+after the scan aborts the publish (re-run it) rather than ship bytes the manifest does not sign.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from connectors.stores.shares.manifest import Manifest, ManifestEntry, build_manifest
+from hub.catalog import Subscription
+from hub.state import PublishState
+
+BLOCK = 1 << 20
+
+
+class FileCaptureError(RuntimeError):
+    """The source directory cannot be published as scanned."""
+
+
+@lru_cache(maxsize=256)
+def glob_regex(pattern: str) -> re.Pattern[str]:
+    """``**`` spans directories, ``*`` and ``?`` stay inside one path component."""
+    out = []
+    i = 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(out) + r"\Z", re.DOTALL)
+
+
+def selected(path: str, include: list[str], exclude: list[str]) -> bool:
+    return any(glob_regex(p).match(path) for p in include) and not any(
+        glob_regex(p).match(path) for p in exclude
+    )
+
+
+def hash_file(path: Path) -> tuple[int, str]:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as handle:
+        digest = hashlib.sha256()
+        size = 0
+        while block := handle.read(BLOCK):
+            digest.update(block)
+            size += len(block)
+    return size, digest.hexdigest()
+
+
+@dataclass
+class FileChange:
+    manifest: Manifest
+    root: Path
+
+    @property
+    def empty(self) -> bool:
+        return not self.manifest.is_snapshot and not self.manifest.entries and not self.manifest.removed
+
+    def write_payload(self, writer: Any) -> None:
+        """The entries' contents in manifest order, each re-hashed while it streams."""
+        for entry in self.manifest.entries:
+            path = self.root / entry.path
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            except OSError as exc:
+                raise FileCaptureError(f"{path}: cannot open for publishing: {exc}") from exc
+            with os.fdopen(fd, "rb") as handle:
+                digest = hashlib.sha256()
+                size = 0
+                while size < entry.size and (block := handle.read(min(BLOCK, entry.size - size))):
+                    digest.update(block)
+                    writer.write(block)
+                    size += len(block)
+                if size != entry.size or handle.read(1) or digest.hexdigest() != entry.sha256:
+                    raise FileCaptureError(f"{path} changed while it was being published; run publish again")
+
+
+class FileCapture:
+    def __init__(self, subscription: Subscription, state: PublishState) -> None:
+        self.sub = subscription
+        self.source = subscription.file_source
+        self.root = Path(self.source.directory)
+        self.state = state
+
+    def _published(self) -> dict[str, tuple[int, int, str]]:
+        rows = self.state.db.execute("SELECT path, size, mtime_ns, sha256 FROM files")
+        return {p: (s, m, h) for p, s, m, h in rows}
+
+    def scan(self) -> Iterator[tuple[str, os.stat_result]]:
+        if not self.root.is_dir():
+            raise FileCaptureError(f"source directory {self.root} does not exist or is not a directory")
+        for top, dirs, names in os.walk(self.root, followlinks=False):
+            dirs.sort()
+            for name in sorted(names):
+                full = Path(top) / name
+                st = full.lstat()
+                if not stat.S_ISREG(st.st_mode):
+                    continue  # symlinks, devices, FIFOs are never published
+                rel = full.relative_to(self.root).as_posix()
+                if selected(rel, self.source.include, self.source.exclude):
+                    yield rel, st
+
+    def capture(self, *, snapshot: bool) -> FileChange:
+        published = self._published()
+        initialised = self.state.get("files_initialised") is not None
+        current: list[ManifestEntry] = []
+        rows: list[tuple[str, int, int, str]] = []
+        for rel, st in self.scan():
+            known = published.get(rel)
+            if known is not None and known[0] == st.st_size and known[1] == st.st_mtime_ns:
+                sha = known[2]
+            else:
+                size, sha = hash_file(self.root / rel)
+                if size != st.st_size:
+                    raise FileCaptureError(
+                        f"{self.root / rel} changed while it was scanned; run publish again"
+                    )
+            current.append(ManifestEntry(rel, st.st_size, sha))
+            rows.append((rel, st.st_size, st.st_mtime_ns, sha))
+        previous = None
+        if initialised and not snapshot:
+            previous = [ManifestEntry(p, s, h) for p, (s, _m, h) in published.items()]
+        manifest = build_manifest(current, previous)
+        self.state.db.execute("DELETE FROM files")
+        self.state.db.executemany(
+            "INSERT INTO files (path, size, mtime_ns, sha256) VALUES (?, ?, ?, ?)", rows
+        )
+        self.state.put("files_initialised", True)
+        self.state.put("fileset_digest", manifest.expected_digest)
+        return FileChange(manifest, self.root)
+
+    def snapshot_from_state(self) -> FileChange:
+        entries = [ManifestEntry(p, s, h) for p, (s, _m, h) in self._published().items()]
+        return FileChange(build_manifest(entries, None), self.root)

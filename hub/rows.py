@@ -1,0 +1,115 @@
+"""Rows in their canonical form, and the state digest, exactly as the agent computes them.
+
+Both come from the shared protocol modules (``protocol.canonical``, ``protocol.digest``): the
+expected digest a package header carries is only worth something if the agent's store hashes
+the same bytes with the same code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from hub.catalog import Column
+from protocol import canonical
+from protocol import digest as table_digest
+
+
+class RowCodec:
+    """Source values → canonical row line, canonical key, delete record."""
+
+    def __init__(self, dictionary: Sequence[Column]) -> None:
+        self.columns = [canonical.ColumnSpec.from_dict(c.model_dump()) for c in dictionary]
+        self.key_positions = [i for i, c in enumerate(self.columns) if c.primary_key]
+        self.key_columns = [self.columns[i] for i in self.key_positions]
+        self.width = len(self.columns)
+
+    def values(self, row: Sequence[Any]) -> list[str | None]:
+        return [canonical.canonicalize(v, c) for v, c in zip(row, self.columns)]
+
+    def line(self, row: Sequence[Any]) -> str:
+        """The canonical encoding of the row (no op, no terminator): what row digests hash."""
+        return canonical.encode_values(self.values(row))
+
+    def key(self, row: Sequence[Any]) -> str:
+        """The canonical encoding of the row's primary-key values."""
+        return canonical.encode_values(
+            [canonical.canonicalize(row[i], self.columns[i]) for i in self.key_positions]
+        )
+
+    def key_of(self, key_values: Sequence[Any]) -> str:
+        """The same key from a keys-only query."""
+        return canonical.encode_values(
+            [canonical.canonicalize(v, c) for v, c in zip(key_values, self.key_columns)]
+        )
+
+    def key_values(self, key: str) -> list[str | None]:
+        record = next(canonical.iter_records([b"D," + key.encode("utf-8") + b"\n"], len(self.key_positions)))
+        return record.values
+
+    def delete_record(self, key: str) -> str:
+        """``D`` + the key values in their columns, every other field NULL (no terminator)."""
+        fields: list[str | None] = [None] * self.width
+        for position, value in zip(self.key_positions, self.key_values(key)):
+            fields[position] = value
+        return "D," + canonical.encode_values(fields)
+
+    def schema(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": c.name,
+                "type": c.type.declared,
+                "not_null": c.not_null,
+                "primary_key": c.primary_key,
+                "format": c.format,
+                "label": c.label,
+                "meaning": c.meaning,
+            }
+            for c in self.columns
+        ]
+
+
+class StateDigest:
+    """The published state's LtHash (protocol.digest), updated row by row in batches."""
+
+    def __init__(self, inner: table_digest.LtHash) -> None:
+        self._d = inner
+        self._add: tuple[list[bytes], list[bytes]] = ([], [])
+        self._remove: tuple[list[bytes], list[bytes]] = ([], [])
+
+    @classmethod
+    def empty(cls) -> StateDigest:
+        return cls(table_digest.LtHash())
+
+    @classmethod
+    def from_bytes(cls, saved: bytes) -> StateDigest:
+        return cls(table_digest.LtHash.from_bytes(saved))
+
+    def add(self, key: str, line: str) -> None:
+        self._queue(self._add, key, line)
+
+    def remove(self, key: str, line: str) -> None:
+        self._queue(self._remove, key, line)
+
+    def _queue(self, queue: tuple[list[bytes], list[bytes]], key: str, line: str) -> None:
+        queue[0].append(key.encode("utf-8"))
+        queue[1].append(line.encode("utf-8"))
+        if len(queue[0]) >= table_digest.BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._add[0]:
+            self._d.add(*self._add)
+            self._add = ([], [])
+        if self._remove[0]:
+            self._d.remove(*self._remove)
+            self._remove = ([], [])
+
+    def summary(self) -> dict[str, Any]:
+        """What package headers carry as ``expected_state`` and the agent compares."""
+        self._flush()
+        return self._d.summary()
+
+    def to_bytes(self) -> bytes:
+        self._flush()
+        return self._d.to_bytes()
