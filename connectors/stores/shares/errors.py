@@ -136,8 +136,12 @@ class WrongPackageKindError(PackageRejected):
     """The header is not a ``files`` package for this subscription."""
 
 
+class ExpectedDigestError(PackageRejected):
+    """The manifest applied to its own base does not give the digest the header promises."""
+
+
 class BaseMismatchError(PackageRejected):
-    """The package builds on a sequence or file set this subscription does not have."""
+    """The package builds on a sequence this subscription is not at (a gap: hold it, never apply)."""
 
 
 # --- the local side cannot take it now: report and retry -------------------------------

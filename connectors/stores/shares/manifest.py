@@ -146,9 +146,7 @@ def validate_manifest(raw: object) -> Manifest:
     return Manifest(entries, removed, base, expected, file_count)
 
 
-def resulting_set(
-    current: Mapping[str, ManifestEntry], manifest: Manifest
-) -> dict[str, ManifestEntry]:
+def resulting_set(current: Mapping[str, ManifestEntry], manifest: Manifest) -> dict[str, ManifestEntry]:
     """The file set after applying ``manifest`` to ``current``, checked against the local set.
 
     Raises if a removed path is unknown, if a new name collides with a kept one

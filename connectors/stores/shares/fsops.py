@@ -1,0 +1,247 @@
+"""Filesystem operations relative to directory descriptors, never following symlinks.
+
+Every path below the share root is reached one component at a time with
+``O_NOFOLLOW | O_DIRECTORY`` from an already-open directory, so a symlink (or a
+rename race replacing a directory by one) anywhere inside a subscription
+directory can never redirect a write, a delete or a read outside it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import hashlib
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from connectors.stores.shares.errors import UnsafeDestinationError
+
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | getattr(os, "O_NOATIME", 0)
+CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+CHUNK = 1 << 20
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def describe(mode: int) -> str:
+    """What kind of thing an lstat mode is, for error messages."""
+    for test, name in (
+        (stat.S_ISLNK, "a symlink"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISREG, "a regular file"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return name
+    return "an unknown file type"
+
+
+def lstat_at(dir_fd: int, name: str) -> os.stat_result | None:
+    """lstat relative to ``dir_fd``; None if absent."""
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def open_dir_at(dir_fd: int, name: str, shown: str) -> int:
+    """Open a subdirectory without following a symlink; ``shown`` names it in errors."""
+    try:
+        return os.open(name, DIR_FLAGS, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            st = lstat_at(dir_fd, name)
+            raise UnsafeDestinationError(shown, describe(st.st_mode) if st else "missing") from exc
+        raise
+
+
+def make_dir_at(dir_fd: int, name: str, shown: str, mode: int, uid: int, gid: int) -> int:
+    """Open a subdirectory, creating it (``mode``, owner) if absent; never follows a symlink."""
+    try:
+        os.mkdir(name, mode, dir_fd=dir_fd)
+        created = True
+    except FileExistsError:
+        created = False
+    fd = open_dir_at(dir_fd, name, shown)
+    if created:
+        os.fchmod(fd, mode)
+        if uid != -1 or gid != -1:
+            os.fchown(fd, uid, gid)
+    return fd
+
+
+def fsync_fd(fd: int) -> None:
+    os.fsync(fd)
+
+
+def syncfs(fd: int) -> None:
+    """Flush the whole filesystem holding ``fd``: one barrier for many written files."""
+    if _libc.syncfs(fd) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+class DirTree:
+    """Open directories below one root by relative path, caching the descriptors."""
+
+    def __init__(self, root_fd: int, *, mode: int = 0o750, uid: int = -1, gid: int = -1) -> None:
+        self.root_fd = root_fd
+        self.mode, self.uid, self.gid = mode, uid, gid
+        self._fds: dict[str, int] = {"": root_fd}
+
+    def open(self, rel_dir: str, *, create: bool) -> int | None:
+        """The fd of ``rel_dir`` ('' is the root); None if absent and not ``create``."""
+        fd = self._fds.get(rel_dir)
+        if fd is not None:
+            return fd
+        parent, _, name = rel_dir.rpartition("/")
+        parent_fd = self.open(parent, create=create)
+        if parent_fd is None:
+            return None
+        if create:
+            fd = make_dir_at(parent_fd, name, rel_dir, self.mode, self.uid, self.gid)
+        else:
+            if lstat_at(parent_fd, name) is None:
+                return None
+            fd = open_dir_at(parent_fd, name, rel_dir)
+        self._fds[rel_dir] = fd
+        return fd
+
+    def parent_of(self, path: str, *, create: bool) -> tuple[int | None, str]:
+        """(fd of the directory holding ``path``, base name)."""
+        parent, _, name = path.rpartition("/")
+        return self.open(parent, create=create), name
+
+    def opened(self) -> list[int]:
+        return list(self._fds.values())
+
+    def forget(self, rel_dir: str) -> None:
+        fd = self._fds.pop(rel_dir, None)
+        if fd is not None and fd != self.root_fd:
+            os.close(fd)
+
+    def close(self) -> None:
+        for rel, fd in self._fds.items():
+            if rel:
+                os.close(fd)
+        self._fds = {"": self.root_fd}
+
+    def __enter__(self) -> DirTree:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def hash_at(dir_fd: int, name: str) -> tuple[int, str]:
+    """(size, SHA-256 hex) of a regular file, opened without following a symlink."""
+    fd = os.open(name, READ_FLAGS, dir_fd=dir_fd)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UnsafeDestinationError(name, describe(st.st_mode))
+        h = hashlib.sha256()
+        size = 0
+        while True:
+            block = os.read(fd, CHUNK)
+            if not block:
+                break
+            h.update(block)
+            size += len(block)
+        return size, h.hexdigest()
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class Found:
+    """One non-directory entry found below a root."""
+
+    path: str
+    mode: int
+    size: int
+    mtime_ns: int
+    ino: int
+
+
+def walk(root_fd: int, *, skip_top: frozenset[str] = frozenset(), prefix: str = "") -> Iterator[Found]:
+    """Every non-directory entry below ``root_fd`` (symlinks reported, never followed)."""
+    with os.scandir(root_fd) as it:
+        entries = sorted(it, key=lambda e: e.name)
+    for entry in entries:
+        if not prefix and entry.name in skip_top:
+            continue
+        st = entry.stat(follow_symlinks=False)
+        rel = f"{prefix}{entry.name}"
+        if stat.S_ISDIR(st.st_mode):
+            fd = open_dir_at(root_fd, entry.name, rel)
+            try:
+                yield from walk(fd, prefix=rel + "/")
+            finally:
+                os.close(fd)
+        else:
+            yield Found(rel, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def remove_tree_at(dir_fd: int, name: str, shown: str, removed: list[str]) -> None:
+    """Delete ``name`` (file, symlink or whole directory) below ``dir_fd`` without following links.
+
+    Appends every removed non-directory path (relative, ``shown`` prefix) to ``removed``.
+    """
+    st = lstat_at(dir_fd, name)
+    if st is None:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(name, dir_fd=dir_fd)
+        removed.append(shown)
+        return
+    fd = open_dir_at(dir_fd, name, shown)
+    try:
+        with os.scandir(fd) as it:
+            children = sorted(e.name for e in it)
+        for child in children:
+            remove_tree_at(fd, child, f"{shown}/{child}", removed)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=dir_fd)
+
+
+def prune_empty_parents(tree: DirTree, path: str) -> list[str]:
+    """Remove the now-empty directories above ``path`` (never the root); return their fsync parents."""
+    touched: list[str] = []
+    parent = path.rpartition("/")[0]
+    while parent:
+        grand, _, name = parent.rpartition("/")
+        gfd = tree.open(grand, create=False)
+        if gfd is None:
+            break
+        tree.forget(parent)
+        try:
+            os.rmdir(name, dir_fd=gfd)
+        except OSError as exc:
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT, errno.ENOTDIR):
+                break
+            raise
+        touched.append(grand)
+        parent = grand
+    return touched
+
+
+def free_space(fd: int) -> tuple[int, int | None]:
+    """(bytes available to us, inodes available or None when the filesystem has no inode limit)."""
+    st = os.fstatvfs(fd)
+    inodes = st.f_favail if st.f_files else None
+    return st.f_bavail * st.f_frsize, inodes
+
+
+def close_quietly(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)
