@@ -32,6 +32,10 @@ from hub.source import TableReader
 from hub.state import PublishState
 
 INSERT_BATCH = 5000
+_GONE_SQL = {
+    "live": "CREATE TEMP TABLE gone AS SELECT key, line FROM rows WHERE key NOT IN (SELECT key FROM live)",
+    "seen": "CREATE TEMP TABLE gone AS SELECT key, line FROM rows WHERE key NOT IN (SELECT key FROM seen)",
+}
 
 
 class CaptureError(RuntimeError):
@@ -246,8 +250,7 @@ class TableCapture:
     def _delete_missing_from(self, staged: str, spool: _Spool, digest: StateDigest) -> None:
         """Delete every published row whose key is not in the staged table."""
         self.db.execute("DROP TABLE IF EXISTS temp.gone")
-        subquery = f"SELECT key FROM temp.{staged}"  # staged is a constant name ("live" or "seen")
-        self.db.execute("CREATE TEMP TABLE gone AS SELECT key, line FROM rows WHERE key NOT IN (" + subquery + ")")
+        self.db.execute(_GONE_SQL[staged])
         for key, line in self.db.execute("SELECT key, line FROM temp.gone ORDER BY key"):
             digest.remove(key, line)
             spool.delete(self.codec.delete_record(key))

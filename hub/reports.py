@@ -286,7 +286,8 @@ def _error_text(body: dict[str, Any]) -> str:
     if isinstance(error, dict):
         return f"{error.get('code')}: {error.get('message')}"
     if body.get("digest_match") is False:
-        return f"digest mismatch (buckets {body.get('mismatched_buckets')}, files {body.get('mismatched_files')})"
+        buckets, files = body.get("mismatched_buckets"), body.get("mismatched_files")
+        return f"digest mismatch (buckets {buckets}, files {files})"
     return str(body.get("result") or body.get("state"))
 
 

@@ -25,7 +25,7 @@ class RowCodec:
         self.width = len(self.columns)
 
     def values(self, row: Sequence[Any]) -> list[str | None]:
-        return [canonical.canonicalize(v, c) for v, c in zip(row, self.columns)]
+        return [canonical.canonicalize(v, c) for v, c in zip(row, self.columns, strict=True)]
 
     def line(self, row: Sequence[Any]) -> str:
         """The canonical encoding of the row (no op, no terminator): what row digests hash."""
@@ -40,7 +40,7 @@ class RowCodec:
     def key_of(self, key_values: Sequence[Any]) -> str:
         """The same key from a keys-only query."""
         return canonical.encode_values(
-            [canonical.canonicalize(v, c) for v, c in zip(key_values, self.key_columns)]
+            [canonical.canonicalize(v, c) for v, c in zip(key_values, self.key_columns, strict=True)]
         )
 
     def key_values(self, key: str) -> list[str | None]:
@@ -50,7 +50,7 @@ class RowCodec:
     def delete_record(self, key: str) -> str:
         """``D`` + the key values in their columns, every other field NULL (no terminator)."""
         fields: list[str | None] = [None] * self.width
-        for position, value in zip(self.key_positions, self.key_values(key)):
+        for position, value in zip(self.key_positions, self.key_values(key), strict=True):
             fields[position] = value
         return "D," + canonical.encode_values(fields)
 
