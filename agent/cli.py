@@ -28,6 +28,8 @@ COMMAND_MODULES = (
     "status_cmd",
     "verify_cmd",
     "demo_cmd",
+    "audit_cmd",
+    "resync_cmd",
 )
 
 log = structlog.get_logger("agent.cli")

@@ -155,7 +155,7 @@ def parse_subscription_list(payload: bytes, agent_id: str) -> dict[str, Subscrip
     for i, item in enumerate(items):
         if not isinstance(item, dict):
             raise PackageError(f"subscription list item {i} is not an object")
-        sub_id = item.get("subscription_id") or item.get("id")
+        sub_id = item.get("subscription") or item.get("subscription_id") or item.get("id")
         catalog = item.get("catalog") if isinstance(item.get("catalog"), dict) else item
         if not isinstance(sub_id, str) or not isinstance(catalog, dict):
             raise PackageError(f"subscription list item {i}: missing subscription_id or catalog")
@@ -251,7 +251,9 @@ class AgentRuntime:
                 raise PackageError(f"control/{newest.filename} is a {package.header.kind} package, "
                                    "not a subscription list")
             self._check_not_older(ctx.state, package.header)
-            entries = parse_subscription_list(package.plaintext().read(), self.agent_id)
+            raw = package.plaintext().read()
+            entries = parse_subscription_list(raw, self.agent_id)
+        ctx.state.set_meta("subscriptions_json", raw.decode("utf-8"))  # for status/verify, offline
         self.entries = entries
         for sub_id, entry in entries.items():
             ctx.state.update_subscription(sub_id, kind=entry.provision_method)

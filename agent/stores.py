@@ -1,0 +1,124 @@
+"""Adapters from a resolved config target to the stores in ``connectors/stores``.
+
+The daemon sees every store through :class:`agent.sync.StoreAdapter` (position, apply,
+purge, verify, free space); these adapters translate the table and share stores' own
+result types and map their "the package is bad" errors to :class:`StoreRejected` (quarantine),
+leaving environment errors (database down, disk full) to propagate (report, retry later).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, BinaryIO
+
+from agent.config import AgentConfig, DirectoryTarget, TableTarget, Target
+from agent.sync import Applied, Position, Purged, StoreAdapter, StoreRejected, SubscriptionEntry, Verified
+from protocol.header import PackageHeader
+
+
+def _code(exc: BaseException) -> str:
+    from agent.sync import _error_code
+
+    return _error_code(exc)
+
+
+class ShareAdapter:
+    """A file subscription: one subdirectory of a share (connectors.stores.shares.ShareStore)."""
+
+    kind = "file"
+
+    def __init__(self, target: DirectoryTarget, entry: SubscriptionEntry) -> None:
+        from connectors.stores.shares.store import ShareModes, ShareStore
+
+        share = target.share
+        self.dirname = target.directory or entry.target_name or entry.subscription_id
+        self.root = share.path
+        self.target = f"{target.share_name}:{self.dirname}"
+        self.store = ShareStore(share.path, ShareModes(file_mode=share.file_mode, dir_mode=share.dir_mode),
+                                owner=share.owner, group=share.group, cache_dir=share.verified_cache,
+                                space_margin=share.free_space_margin)
+        if share.path.is_dir():
+            self.store.recover(self.dirname)
+
+    def position(self) -> Position:
+        pos = self.store.position(self.dirname)
+        return Position(0) if pos is None else Position(pos.sequence, pos.digest, pos.package_id)
+
+    def apply(self, header: PackageHeader, plaintext: BinaryIO) -> Applied:
+        from connectors.stores.shares.errors import PackageRejected
+
+        try:
+            result = self.store.apply(header, plaintext, self.dirname)
+        except PackageRejected as exc:
+            raise StoreRejected(str(exc), _code(exc)) from exc
+        return Applied(
+            result="skipped" if result.status == "already_applied" else "applied",
+            files=result.files_written + result.files_removed,
+            local_digest=result.local_digest or None, expected_digest=result.expected_digest or None,
+            digest_match=result.match, mismatched_files=list(result.mismatched_files))
+
+    def purge(self) -> Purged:
+        result = self.store.purge(self.dirname)
+        return Purged(self.target, files=len(result.files))
+
+    def verify(self) -> Verified:
+        result = self.store.verify(self.dirname)
+        expected = result.position.digest if result.position is not None else None
+        drift = [{"path": d.path, "kind": d.kind, "expected": d.expected, "found": d.found}
+                 for d in result.drift]
+        return Verified(ok=result.match and not result.drift, local_digest=result.local_digest,
+                        expected_digest=expected, mismatched_files=[d.path for d in result.drift],
+                        detail={"files": result.files, "drift": drift})
+
+    def free_bytes(self) -> int | None:
+        try:
+            st = os.statvfs(self.root)
+        except OSError:
+            return None
+        return st.f_bavail * st.f_frsize
+
+    def close(self) -> None:
+        pass
+
+
+def open_store(target: Target, entry: SubscriptionEntry, config: AgentConfig) -> StoreAdapter:
+    """The adapter for a resolved target (the daemon's ``StoreFactory``)."""
+    if isinstance(target, DirectoryTarget):
+        return ShareAdapter(target, entry)
+    if isinstance(target, TableTarget):
+        return TableAdapter(target, entry)
+    raise TypeError(f"unknown target type {type(target).__name__}")
+
+
+class TableAdapter:
+    """A table subscription: one table in a target database (connectors.stores.tables)."""
+
+    kind = "table"
+
+    def __init__(self, target: TableTarget, entry: SubscriptionEntry) -> None:
+        self.table = target.table or entry.target_name or entry.subscription_id
+        self.target = f"{target.database_name}:{self.table}"
+        self.subscription_id = entry.subscription_id
+        self._impl: Any = _open_table_store(target, entry, self.table)
+
+    def position(self) -> Position:
+        return self._impl.position()
+
+    def apply(self, header: PackageHeader, plaintext: BinaryIO) -> Applied:
+        return self._impl.apply(header, plaintext)
+
+    def purge(self) -> Purged:
+        return self._impl.purge()
+
+    def verify(self) -> Verified:
+        return self._impl.verify()
+
+    def free_bytes(self) -> int | None:
+        return None
+
+    def close(self) -> None:
+        self._impl.close()
+
+
+def _open_table_store(target: TableTarget, entry: SubscriptionEntry, table: str) -> Any:
+    raise NotImplementedError("table store integration pending (connectors/stores/tables)")
