@@ -286,6 +286,7 @@ class SshdServer:
             self._process.kill()
             self._process.wait()
         self._signal(sessions, signal.SIGTERM)
+        self._signal(sessions, signal.SIGCONT)  # a paused session must wake up to end
         self._process = None
 
     def kill(self) -> None:
@@ -301,6 +302,15 @@ class SshdServer:
         """SIGKILL the sessions only; the listener keeps accepting (a network cut)."""
         if self._process is not None:
             self._signal(_descendants(self._process.pid), signal.SIGKILL)
+
+    def pause_sessions(self) -> list[int]:
+        """SIGSTOP the current sessions (a hung server); returns them for :meth:`resume_sessions`."""
+        sessions = _descendants(self._process.pid) if self._process is not None else []
+        self._signal(sessions, signal.SIGSTOP)
+        return sessions
+
+    def resume_sessions(self, sessions: list[int]) -> None:
+        self._signal(sessions, signal.SIGCONT)
 
     @staticmethod
     def _signal(pids: list[int], sig: signal.Signals) -> None:

@@ -69,15 +69,11 @@ class CheckResult:
 
 
 def remote_path(path: str) -> PurePosixPath:
-    """Validate an exchange-relative path: no absolute paths, no ``..``, no control characters."""
-    pure = PurePosixPath(path)
-    if (
-        pure.is_absolute()
-        or not pure.parts
-        or any(p in (".", "..") or not _NAME.match(p) for p in pure.parts)
-    ):
+    """Validate an exchange-relative path: no absolute paths, no ``.``/``..``, no control characters."""
+    parts = path.split("/")
+    if any(p in ("", ".", "..") or not _NAME.match(p) for p in parts):
         raise TransportError(f"invalid exchange path {path!r}: expected e.g. 'inbox/NAME', no '..'")
-    return pure
+    return PurePosixPath(*parts)
 
 
 def is_listed(name: str) -> bool:

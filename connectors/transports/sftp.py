@@ -9,8 +9,8 @@ Robustness: connect and per-operation timeouts; keepalives; a broken connection 
 with exponential backoff and jitter, bounded per stall (:mod:`connectors.transports.backoff`);
 a download continues from the bytes already on disk.
 
-Speed: whole-file pipelined transfers — reads are prefetched with a bounded number of large
-requests in flight, writes are pipelined — so throughput is not a function of the round trip.
+Speed: whole-file pipelined transfers — reads keep a bounded number of large requests in
+flight, writes are pipelined — so throughput is not a function of the round trip.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import paramiko
 import structlog
@@ -47,12 +47,13 @@ from connectors.transports.base import (
     remote_path,
     temporary_name,
 )
+from connectors.transports.pipeline import ShrunkError, read_range
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
-# OpenSSH's sftp-server answers reads of up to 256 KiB - 1 KiB (SFTP_MAX_READ_LENGTH); a larger
-# request would come back short and paramiko's prefetch would fall back to serial reads.
+# OpenSSH's sftp-server answers reads of up to 256 KiB - 1 KiB (SFTP_MAX_READ_LENGTH); a server
+# with a lower limit answers short and the reader adapts (connectors/transports/pipeline.py).
 MAX_REQUEST_SIZE = 255 * 1024
 _LOCAL_BLOCK = 1024 * 1024
 # Prefer AES-GCM (AES-NI, one pass for cipher and MAC), then CTR; never CBC or 3DES.
@@ -321,24 +322,17 @@ class SftpTransport(Transport):
             if offset > size:  # not a prefix of this file: start over
                 local.unlink()
                 offset = 0
-            if offset == size:
-                return size
-            handle.MAX_REQUEST_SIZE = self.settings.request_size  # per handle: large reads
-            handle.seek(offset)
-            handle.prefetch(size, max_concurrent_requests=self.settings.prefetch_requests)
             try:
-                out = local.open("ab")
+                out = local.open("ab")  # created even for an empty file
             except OSError as exc:
                 raise LocalFileError(f"fetch {remote}: cannot write {local}: {exc.strerror}") from exc
+            if offset == size:
+                out.close()
+                return size
             with out:
                 if offset:
                     log.info("sftp.resume", file=remote, offset=offset, size=size)
-                while offset < size:
-                    data = handle.read(min(_LOCAL_BLOCK, size - offset))
-                    if not data:
-                        raise TransportError(
-                            f"fetch {remote}: the file shrank on the server ({offset} of {size})"
-                        )
+                for data in self._read_range(sftp, handle, remote, offset, size):
                     try:
                         out.write(data)
                     except OSError as exc:
@@ -347,6 +341,17 @@ class SftpTransport(Transport):
                     if progress is not None:
                         progress(offset, size)
         return size
+
+    def _read_range(
+        self, sftp: paramiko.SFTPClient, handle: paramiko.SFTPFile, remote: str, offset: int, end: int
+    ) -> Iterator[bytes]:
+        s = self.settings
+        try:
+            yield from read_range(
+                sftp, cast(bytes, handle.handle), offset, end, s.request_size, s.prefetch_requests
+            )
+        except ShrunkError as exc:
+            raise TransportError(f"{remote}: the file shrank on the server while being read ({exc})") from exc
 
     def read(self, remote: str, max_bytes: int = DEFAULT_MAX_READ) -> bytes:
         path = self._abs(remote)
@@ -358,9 +363,7 @@ class SftpTransport(Transport):
                     raise RemoteFileTooLarge(
                         f"{remote}: {size} bytes, more than a control file's {max_bytes}"
                     )
-                handle.MAX_REQUEST_SIZE = self.settings.request_size
-                handle.prefetch(size, max_concurrent_requests=self.settings.prefetch_requests)
-                data: bytes = handle.read(size)
+                data = b"".join(self._read_range(sftp, handle, remote, 0, size))
             if len(data) != size:
                 raise TransportError(f"read {remote}: got {len(data)} bytes, the server's file has {size}")
             return data

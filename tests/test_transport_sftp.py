@@ -1,0 +1,353 @@
+"""SFTP transport against a real OpenSSH sshd: trust, authentication, faults, timeouts, secrets."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import structlog
+
+from connectors.transports import (
+    AuthenticationFailed,
+    HostKeyError,
+    RetryPolicy,
+    SftpSettings,
+    SftpTransport,
+    TransportError,
+    TransportUnavailable,
+)
+from tests.sshd import Account, SshdServer, generate_key
+
+
+class SleepRecorder:
+    """Records backoff waits; optionally really sleeps (a restarting server needs the time)."""
+
+    def __init__(self, real: bool = False) -> None:
+        self.waits: list[float] = []
+        self.real = real
+
+    def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        if self.real:
+            time.sleep(seconds)
+
+
+def settings(sshd: SshdServer, account: Account, **overrides: object) -> SftpSettings:
+    values: dict[str, object] = {
+        "host": "127.0.0.1",
+        "port": sshd.port,
+        "username": account.user,
+        "identity_file": account.key_path,
+        "host_key": sshd.host_key_line,
+        "connect_timeout": 5.0,
+        "operation_timeout": 10.0,
+        "retry": RetryPolicy(attempts=4, initial=0.1, maximum=0.5),
+    }
+    values.update(overrides)
+    return SftpSettings(**values)  # type: ignore[arg-type]
+
+
+def _fingerprint_of(sshd: SshdServer) -> str:
+    import paramiko
+
+    from connectors.transports.sftp import parse_host_key
+
+    key: paramiko.PKey = parse_host_key(sshd.host_key_line)
+    return str(key.fingerprint)
+
+
+def _big_file(account: Account, name: str, mib: int) -> tuple[Path, str]:
+    path = account.path("inbox", name)
+    digest = hashlib.sha256()
+    with path.open("wb") as fh:
+        for i in range(mib):
+            block = hashlib.sha256(i.to_bytes(4, "big")).digest() * 32768  # 1 MiB
+            fh.write(block)
+            digest.update(block)
+    return path, digest.hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# -- trust and authentication ---------------------------------------------------------------
+def test_wrong_host_key_is_refused_with_both_fingerprints(
+    sshd: SshdServer, sftp_account: Account, tmp_path: Path
+) -> None:
+    impostor = generate_key(tmp_path / "other_host_key")
+    sleep = SleepRecorder()
+    transport = SftpTransport(settings(sshd, sftp_account, host_key=impostor), sleep=sleep)
+    with pytest.raises(HostKeyError) as info:
+        transport.listdir("inbox")
+    message = str(info.value)
+    assert "mismatch" in message
+    assert _fingerprint_of(sshd) in message  # what the server offered
+    from connectors.transports.sftp import parse_host_key
+
+    assert str(parse_host_key(impostor).fingerprint) in message  # what we pinned
+    assert sleep.waits == []  # never retried: a wrong key is not a network blip
+    assert transport.connections == 0
+
+
+def test_unpinned_host_key_is_refused_and_shown(sshd: SshdServer, sftp_account: Account) -> None:
+    transport = SftpTransport(settings(sshd, sftp_account, host_key=None))
+    with pytest.raises(HostKeyError, match="no host key is pinned") as info:
+        transport.read("control/x")
+    assert _fingerprint_of(sshd) in str(info.value)
+
+
+def test_pinned_key_of_another_type_is_refused(
+    sshd: SshdServer, sftp_account: Account, tmp_path: Path
+) -> None:
+    import subprocess
+
+    subprocess.run(["ssh-keygen", "-q", "-t", "ecdsa", "-N", "", "-f", str(tmp_path / "ec")], check=True)
+    pinned = (tmp_path / "ec.pub").read_text()
+    transport = SftpTransport(settings(sshd, sftp_account, host_key=pinned))
+    with pytest.raises(HostKeyError, match="ecdsa-sha2-nistp256"):
+        transport.listdir("inbox")
+
+
+def test_known_hosts_style_pin_is_accepted(sshd: SshdServer, sftp_account: Account) -> None:
+    with SftpTransport(settings(sshd, sftp_account, host_key=sshd.known_hosts_line())) as transport:
+        assert transport.listdir("inbox") == []
+
+
+def test_foreign_client_key_is_refused_without_retry(
+    sshd: SshdServer, sftp_account: Account, tmp_path: Path
+) -> None:
+    generate_key(tmp_path / "stranger")
+    sleep = SleepRecorder()
+    transport = SftpTransport(settings(sshd, sftp_account, identity_file=tmp_path / "stranger"), sleep=sleep)
+    with pytest.raises(AuthenticationFailed, match=sftp_account.user):
+        transport.listdir("inbox")
+    assert sleep.waits == []
+
+
+def test_identity_file_open_to_others_is_refused(sshd: SshdServer, sftp_account: Account) -> None:
+    os.chmod(sftp_account.key_path, 0o644)
+    with pytest.raises(TransportError, match="chmod 600"):
+        SftpTransport(settings(sshd, sftp_account))
+
+
+def test_garbage_identity_file_error_shows_no_content(sshd: SshdServer, sftp_account: Account) -> None:
+    secret_text = "-----BEGIN OPENSSH PRIVATE KEY-----\nc2VjcmV0LWtleS1tYXRlcmlhbA==\n"
+    sftp_account.key_path.write_text(secret_text)
+    with pytest.raises(TransportError, match="not a usable SSH private key") as info:
+        SftpTransport(settings(sshd, sftp_account))
+    assert "c2VjcmV0" not in str(info.value)
+
+
+def test_secrets_never_reach_the_log(
+    sshd: SshdServer, sftp_account: Account, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Connect, transfer, fail auth, with paramiko at DEBUG: no private key material is logged."""
+    private_text = sftp_account.key_path.read_text()
+    body = "".join(line for line in private_text.splitlines() if "PRIVATE KEY" not in line)
+    import paramiko
+
+    key = paramiko.Ed25519Key.from_private_key_file(str(sftp_account.key_path))
+    raw_private = key._signing_key.encode()  # type: ignore[attr-defined]
+    secrets = [body, body[20:60], raw_private.hex(), raw_private.hex().upper()]
+
+    sftp_account.path("inbox", "p").write_bytes(b"x" * 100_000)
+    generate_key(tmp_path / "stranger")
+    caplog.set_level(logging.DEBUG)
+    with structlog.testing.capture_logs() as structured:
+        with SftpTransport(settings(sshd, sftp_account)) as transport:
+            transport.fetch("inbox/p", tmp_path / "p")
+            (tmp_path / "r").write_bytes(b"receipt")
+            transport.put(tmp_path / "r", "outbox/r")
+        with pytest.raises(AuthenticationFailed):
+            SftpTransport(settings(sshd, sftp_account, identity_file=tmp_path / "stranger")).listdir("inbox")
+    text = caplog.text + repr(structured)
+    assert "paramiko" in caplog.text or caplog.records  # paramiko's own logging was captured
+    for secret in secrets:
+        assert secret not in text
+
+
+# -- faults ---------------------------------------------------------------------------------
+def test_sshd_killed_mid_transfer_and_restarted_resumes(
+    sshd: SshdServer, sftp_account: Account, tmp_path: Path
+) -> None:
+    """A crash of the server at a third of a 48 MiB download; it comes back 1.5 s later. The
+    transport backs off, reconnects, continues from the bytes on disk, and the file is exact."""
+    _, expected = _big_file(sftp_account, "big.pkg", 48)
+    size = 48 * 1024 * 1024
+    sleep = SleepRecorder(real=True)
+    transport = SftpTransport(
+        settings(sshd, sftp_account, retry=RetryPolicy(attempts=8, initial=0.25, maximum=2.0)), sleep=sleep
+    )
+    progress: list[int] = []
+    killed_at: list[int] = []
+
+    def on_progress(done: int, _total: int) -> None:
+        progress.append(done)
+        if not killed_at and done >= size // 3:
+            killed_at.append(done)
+            sshd.kill()  # synchronously, from inside the transfer: deterministic
+            threading.Timer(1.5, sshd.start).start()
+
+    local = tmp_path / "big.part"
+    with transport:
+        assert transport.fetch("inbox/big.pkg", local, on_progress) == size
+    assert _sha256(local) == expected
+    assert transport.connections >= 2
+    assert sleep.waits, "the reconnect must have backed off while sshd was down"
+    # Resumed, not restarted: after the crash, progress never went back below the crash point.
+    after = progress[progress.index(killed_at[0]) + 1 :]
+    assert after and min(after) > killed_at[0]
+
+
+def test_dropped_connection_mid_transfer_resumes(
+    sshd: SshdServer, sftp_account: Account, tmp_path: Path
+) -> None:
+    _, expected = _big_file(sftp_account, "p.pkg", 16)
+    dropped: list[int] = []
+
+    def on_progress(done: int, _total: int) -> None:
+        if not dropped and done >= 4 * 1024 * 1024:
+            dropped.append(done)
+            sshd.drop_connections()
+
+    sleep = SleepRecorder(real=True)
+    with SftpTransport(settings(sshd, sftp_account), sleep=sleep) as transport:
+        transport.fetch("inbox/p.pkg", tmp_path / "p", on_progress)
+        assert transport.connections == 2
+    assert _sha256(tmp_path / "p") == expected
+
+
+def test_put_survives_a_dropped_connection(sshd: SshdServer, sftp_account: Account, tmp_path: Path) -> None:
+    """The first upload breaks off; the retry uploads afresh; no temporary is left behind."""
+    local = tmp_path / "report"
+    local.write_bytes(os.urandom(8 * 1024 * 1024))
+    transport = SftpTransport(settings(sshd, sftp_account), sleep=SleepRecorder(real=True))
+    transport.listdir("outbox")  # connected
+    original = transport._upload
+    calls: list[int] = []
+
+    def flaky_upload(*args: object) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            sshd.drop_connections()
+        original(*args)  # type: ignore[arg-type]
+
+    transport._upload = flaky_upload  # type: ignore[method-assign]
+    with transport:
+        transport.put(local, "outbox/report")
+    assert len(calls) == 2
+    assert sftp_account.path("outbox", "report").read_bytes() == local.read_bytes()
+    leftovers = [n for n in os.listdir(sftp_account.path("outbox")) if n != "report"]
+    assert leftovers == [] or all(n.startswith(".report.") for n in leftovers)
+    assert [e.name for e in transport.listdir("outbox")] == ["report"]
+
+
+def test_backoff_is_bounded_when_the_server_stays_down(sshd: SshdServer, sftp_account: Account) -> None:
+    sshd.stop()
+    sleep = SleepRecorder()
+    policy = RetryPolicy(attempts=5, initial=1.0, multiplier=2.0, maximum=3.0, jitter=0.5)
+    transport = SftpTransport(settings(sshd, sftp_account, retry=policy), sleep=sleep)
+    started = time.monotonic()
+    with pytest.raises(TransportUnavailable, match="after 5 attempts") as info:
+        transport.listdir("inbox")
+    assert time.monotonic() - started < 5  # the waits were recorded, not slept
+    assert isinstance(info.value.__cause__, OSError)
+    assert len(sleep.waits) == 4
+    for n, wait in enumerate(sleep.waits):
+        ceiling = min(3.0, 1.0 * 2**n)
+        assert ceiling * 0.5 <= wait <= ceiling
+
+
+def test_server_back_after_outage_is_reached(sshd: SshdServer, sftp_account: Account) -> None:
+    sshd.stop()
+    threading.Timer(0.5, sshd.start).start()
+    sleep = SleepRecorder(real=True)
+    with SftpTransport(
+        settings(sshd, sftp_account, retry=RetryPolicy(attempts=10, initial=0.2, maximum=1.0)), sleep=sleep
+    ) as transport:
+        assert transport.listdir("inbox") == []
+    assert sleep.waits
+
+
+# -- timeouts -------------------------------------------------------------------------------
+@pytest.fixture
+def silent_server() -> Iterator[int]:
+    """A TCP server that accepts and never says anything (a hung or filtered service)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield server.getsockname()[1]
+    stop.set()
+    thread.join()
+    for conn in held:
+        conn.close()
+    server.close()
+
+
+def test_connect_timeout(silent_server: int, sshd: SshdServer, sftp_account: Account) -> None:
+    transport = SftpTransport(
+        settings(sshd, sftp_account, port=silent_server, connect_timeout=0.5, retry=RetryPolicy(attempts=2)),
+        sleep=SleepRecorder(),
+    )
+    started = time.monotonic()
+    with pytest.raises(TransportUnavailable, match="after 2 attempts"):
+        transport.listdir("inbox")
+    assert time.monotonic() - started < 10
+
+
+def test_operation_timeout_on_a_hung_server_reconnects(
+    sshd: SshdServer, sftp_account: Account, tmp_path: Path
+) -> None:
+    """The session stops answering mid-conversation: the operation times out instead of hanging,
+    and the retry on a fresh connection succeeds."""
+    sftp_account.path("control", "subs").write_bytes(b"{}")
+    transport = SftpTransport(settings(sshd, sftp_account, operation_timeout=1.0), sleep=SleepRecorder())
+    with transport:
+        assert [e.name for e in transport.listdir("control")] == ["subs"]
+        paused = sshd.pause_sessions()
+        try:
+            started = time.monotonic()
+            assert transport.read("control/subs") == b"{}"
+            assert 0.9 < time.monotonic() - started < 8
+        finally:
+            sshd.resume_sessions(paused)
+        assert transport.connections == 2
+
+
+def test_keepalive_is_enabled(sshd: SshdServer, sftp_account: Account) -> None:
+    with SftpTransport(settings(sshd, sftp_account, keepalive_interval=7)) as transport:
+        transport.listdir("inbox")
+        assert transport._ssh is not None
+        packetizer = transport._ssh.packetizer
+        assert packetizer._Packetizer__keepalive_interval == 7  # type: ignore[attr-defined]
+
+
+def test_check_reports_a_refused_host_key(sshd: SshdServer, sftp_account: Account, tmp_path: Path) -> None:
+    wrong = generate_key(tmp_path / "other")
+    results = SftpTransport(settings(sshd, sftp_account, host_key=wrong)).check()
+    assert len(results) == 1 and not results[0].ok and "mismatch" in results[0].detail
