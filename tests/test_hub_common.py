@@ -85,7 +85,9 @@ class HubFixture:
         return self.root / "exchange" / agent / INBOX
 
 
-def subscription_text(url: str, sub_id: str = "staff", agents: tuple[str, ...] = ("school-1",), extra: str = "") -> str:
+def subscription_text(
+    url: str, sub_id: str = "staff", agents: tuple[str, ...] = ("school-1",), extra: str = ""
+) -> str:
     subscribers = "\n".join(f"  - agent: {a}" for a in agents)
     return CATALOG.format(sub_id=sub_id, url=url, subscribers=subscribers, extra=extra)
 
@@ -111,7 +113,9 @@ class ReplayAgent:
                 continue
             assert name.sequence == self.sequence + 1, f"gap or duplicate: {name} after {self.sequence}"
             path = self.hub.inbox(self.agent) / name.filename
-            with open_package(path, trusted_senders=trusted, recipient=self.hub.agent_keys[self.agent]) as pkg:
+            with open_package(
+                path, trusted_senders=trusted, recipient=self.hub.agent_keys[self.agent]
+            ) as pkg:
                 header = pkg.header
                 data = b"".join(pkg.iter_plaintext())
             self.plaintexts.append(data)

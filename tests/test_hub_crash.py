@@ -1,4 +1,4 @@
-"""A publish killed (SIGKILL) at random points leaves no partial or duplicate package; a re-run finishes it."""
+"""A publish killed (SIGKILL) at random points leaves no partial or duplicate package."""
 
 from __future__ import annotations
 
@@ -30,7 +30,13 @@ def test_publish_killed_at_random_points(tmp_path: Path, sqlite_url: str) -> Non
         conn.execute(
             table.insert(),
             [
-                {"ID": i, "XM": f"教师{i}", "SECRET": "x", "STATUS": "active", "UPDATETIME": "2026-01-01 00:00:00"}
+                {
+                    "ID": i,
+                    "XM": f"教师{i}",
+                    "SECRET": "x",
+                    "STATUS": "active",
+                    "UPDATETIME": "2026-01-01 00:00:00",
+                }
                 for i in range(1, 3001)
             ],
         )
@@ -40,18 +46,28 @@ def test_publish_killed_at_random_points(tmp_path: Path, sqlite_url: str) -> Non
         with engine.begin() as conn:  # a change per round: updates, inserts, deletes
             stamp = f"2026-02-{run + 1:02d} 00:00:00"
             ids = rng.sample(range(1, 3000), 40)
-            conn.execute(table.update().where(table.c.ID.in_(ids[:30])).values(XM=f"第{run}轮", UPDATETIME=stamp))
+            conn.execute(
+                table.update().where(table.c.ID.in_(ids[:30])).values(XM=f"第{run}轮", UPDATETIME=stamp)
+            )
             conn.execute(table.delete().where(table.c.ID.in_(ids[30:])))
             conn.execute(
                 table.insert(),
                 [
-                    {"ID": 10000 + run * 10 + j, "XM": "新", "SECRET": "x", "STATUS": "active", "UPDATETIME": stamp}
+                    {
+                        "ID": 10000 + run * 10 + j,
+                        "XM": "新",
+                        "SECRET": "x",
+                        "STATUS": "active",
+                        "UPDATETIME": stamp,
+                    }
                     for j in range(5)
                 ],
             )
         proc = subprocess.Popen(
             [sys.executable, "-m", "hub.cli", "publish", str(hub.root)],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         time.sleep(rng.uniform(0.05, 1.2))
         if proc.poll() is None:

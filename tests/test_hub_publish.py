@@ -33,7 +33,9 @@ def test_snapshot_then_deltas(tmp_path: Path, db_url: str) -> None:
     agent = ReplayAgent(hub, "school-1")
     with engine.begin() as conn:
         conn.execute(table.insert(), [_row(i, "2026-01-01 08:00:00") for i in range(1, 21)])
-        conn.execute(table.insert(), [_row(100, "2026-01-01 08:00:00", status="inactive", name="OUTSIDE-FILTER")])
+        conn.execute(
+            table.insert(), [_row(100, "2026-01-01 08:00:00", status="inactive", name="OUTSIDE-FILTER")]
+        )
     hub.publish()
     assert agent.catch_up() == 1 and agent.headers[-1].kind == "snapshot"
     assert agent.table() == source_state(db_url)
@@ -41,12 +43,22 @@ def test_snapshot_then_deltas(tmp_path: Path, db_url: str) -> None:
     # inserts, updates, deletes; one row updated twice; a row leaving the filter
     with engine.begin() as conn:
         conn.execute(table.insert(), [_row(i, "2026-01-02 09:00:00") for i in range(21, 26)])
-        conn.execute(table.update().where(table.c.ID == 3).values(XM="改名一次", UPDATETIME="2026-01-02 09:00:00"))
-        conn.execute(table.update().where(table.c.ID == 3).values(XM="改名两次", UPDATETIME="2026-01-02 09:30:00"))
-        conn.execute(table.update().where(table.c.ID == 4).values(XM='带"引号",逗号', UPDATETIME="2026-01-02 09:00:00"))
+        conn.execute(
+            table.update().where(table.c.ID == 3).values(XM="改名一次", UPDATETIME="2026-01-02 09:00:00")
+        )
+        conn.execute(
+            table.update().where(table.c.ID == 3).values(XM="改名两次", UPDATETIME="2026-01-02 09:30:00")
+        )
+        conn.execute(
+            table.update().where(table.c.ID == 4).values(XM='带"引号",逗号', UPDATETIME="2026-01-02 09:00:00")
+        )
         conn.execute(table.delete().where(table.c.ID.in_([5, 6])))
-        conn.execute(table.update().where(table.c.ID == 7).values(STATUS="inactive", UPDATETIME="2026-01-02 09:00:00"))
-        conn.execute(table.update().where(table.c.ID == 8).values(SECRET="changed only outside the subscription"))
+        conn.execute(
+            table.update().where(table.c.ID == 7).values(STATUS="inactive", UPDATETIME="2026-01-02 09:00:00")
+        )
+        conn.execute(
+            table.update().where(table.c.ID == 8).values(SECRET="changed only outside the subscription")
+        )
     hub.publish()
     assert agent.catch_up() == 1
     header = agent.headers[-1]

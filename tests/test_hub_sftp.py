@@ -57,15 +57,21 @@ def test_sshd_accepts_and_applies_the_config(tmp_path: Path) -> None:
     config = tmp_path / "sshd_config"
     config.write_text(
         render_sshd_config(
-            accounts, tmp_path / "keys", listen_address="127.0.0.1", port=2222,
-            host_keys=[host_key], pid_file=tmp_path / "pid",
+            accounts,
+            tmp_path / "keys",
+            listen_address="127.0.0.1",
+            port=2222,
+            host_keys=[host_key],
+            pid_file=tmp_path / "pid",
         )
     )
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation directory
     subprocess.run([SSHD, "-t", "-f", str(config)], check=True)
     effective = subprocess.run(
         [SSHD, "-T", "-f", str(config), "-C", "user=edu-bureau_2,host=h,addr=127.0.0.1"],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.splitlines()
     assert f"chrootdirectory {tmp_path / 'ex' / 'bureau_2'}" in effective
     assert "forcecommand internal-sftp -u 0027" in effective
@@ -74,7 +80,9 @@ def test_sshd_accepts_and_applies_the_config(tmp_path: Path) -> None:
     assert "permittty no" in effective
     other = subprocess.run(
         [SSHD, "-T", "-f", str(config), "-C", "user=nobody,host=h,addr=127.0.0.1"],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.splitlines()
     assert "chrootdirectory none" in other
 
