@@ -1,0 +1,83 @@
+"""File subscriptions: new, changed, removed files; touch without change; excluded files and symlinks."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from protocol.layout import sorted_packages
+from protocol.package import open_package
+from tests.test_hub_common import HubFixture
+
+SUB = """
+id: docs
+catalog:
+  provider: 教务处
+  resource_name: 教务处数据-课程表文件
+  mounted_resource_name: 教务处数据-课程表文件库
+  summary: 各学期课程表
+  data_name: 课程表
+  data_format: PDF
+  sharing_type: unconditional
+  security_level: 二级
+  update_frequency: {{value: 自定义, cron: "0 2 * * 1"}}
+  provision_method: file
+  time_range: 2020年至今
+  topic: 教学主题库
+  scope: 高校
+source:
+  directory: {directory}
+  include: ["**/*.pdf", "*.txt"]
+  exclude: ["private/**"]
+subscribers:
+  - agent: school-1
+"""
+
+
+def _packages(hub: HubFixture) -> list[tuple[dict, bytes]]:
+    names, _ = sorted_packages(os.listdir(hub.inbox("school-1")))
+    out = []
+    trusted = {"platform": hub.platform.public_bundle()}
+    for name in names:
+        with open_package(
+            hub.inbox("school-1") / name.filename,
+            trusted_senders=trusted,
+            recipient=hub.agent_keys["school-1"],
+        ) as pkg:
+            out.append((dict(pkg.header.manifest or {}), b"".join(pkg.iter_plaintext())))
+    return out
+
+
+def test_directory_changes(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "2025" / "秋").mkdir(parents=True)
+    (src / "private").mkdir()
+    (src / "2025" / "秋" / "课表.pdf").write_bytes(b"%PDF autumn")
+    (src / "readme.txt").write_text("hello")
+    (src / "private" / "secret.pdf").write_bytes(b"PRIVATE")
+    (src / "notes.doc").write_bytes(b"NOT INCLUDED")
+    os.symlink("/etc/passwd", src / "link.txt")
+    hub = HubFixture(tmp_path, ["school-1"])
+    hub.add_subscription(SUB.format(directory=src))
+    hub.publish()
+    ((manifest, payload),) = _packages(hub)
+    assert manifest["base_digest"] is None
+    assert [e["path"] for e in manifest["entries"]] == ["2025/秋/课表.pdf", "readme.txt"]
+    assert payload == b"%PDF autumnhello"
+
+    os.utime(src / "readme.txt", ns=(1, 1))  # mtime moves, content does not: no change
+    (src / "2025" / "秋" / "课表.pdf").write_bytes(b"%PDF autumn v2")
+    (src / "new.pdf").write_bytes(b"new")
+    (src / "readme.txt").unlink()
+    hub.publish()
+    manifest, payload = _packages(hub)[-1]
+    assert [e["path"] for e in manifest["entries"]] == ["2025/秋/课表.pdf", "new.pdf"]
+    assert manifest["removed"] == ["readme.txt"]
+    assert manifest["base_digest"] == _packages(hub)[0][0]["expected_digest"]
+    assert payload == b"%PDF autumn v2new"
+
+    os.utime(src / "new.pdf", ns=(5, 5))
+    hub.publish()
+    assert len(_packages(hub)) == 2  # touched only: nothing sent
+    everything = b"".join(p for _, p in _packages(hub))
+    assert b"PRIVATE" not in everything and b"NOT INCLUDED" not in everything and b"root:" not in everything
