@@ -136,7 +136,7 @@ class PlaintextTooLongError(PlaintextSizeError):
 
 
 class DecompressionBombError(PlaintextTooLongError):
-    """Overflow of the declared size at an implausible expansion ratio."""
+    """The payload inflates far (more than BOMB_MARGIN) beyond its declared plaintext size."""
 
 
 class PlaintextTooShortError(PlaintextSizeError):

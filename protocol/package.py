@@ -109,8 +109,8 @@ DEFAULT_TTL = timedelta(days=30)
 DEFAULT_READ_SIZE = 1024 * 1024
 #: Larger zstd windows are refused: decoder memory stays bounded whatever the sender chose.
 MAX_WINDOW_SIZE = 1 << 27
-#: Overflowing the declared size at more than this expansion ratio is reported as a bomb.
-BOMB_RATIO = 1000
+#: Overshooting the declared plaintext size by more than this is reported as a bomb.
+BOMB_MARGIN = 16 * 1024 * 1024
 _DIGEST_BLOCK = 4 * 1024 * 1024
 
 
@@ -885,16 +885,31 @@ class _PlaintextStream(io.RawIOBase):
             return 0
         if self._produced + got > self._declared:
             self._finished = True
-            ratio = (self._produced + got) / max(self._source.consumed, 1)
-            error = DecompressionBombError if ratio > BOMB_RATIO else PlaintextTooLongError
-            kind = " (decompression bomb)" if error is DecompressionBombError else ""
-            raise error(
-                f"payload inflates beyond the declared {self._declared} plaintext bytes at "
-                f"{ratio:.0f}:1 from {self._source.consumed} compressed bytes{kind}; stopped",
-                header=self._header,
-            )
+            raise self._overflow(self._produced + got)
         self._produced += got
         return got
+
+    def _overflow(self, produced: int) -> PlaintextTooLongError:
+        """Measure (bounded) how far the stream overshoots; nothing more is released."""
+        scratch = bytearray(min(DEFAULT_READ_SIZE, BOMB_MARGIN))
+        limit = self._declared + BOMB_MARGIN
+        try:
+            while produced <= limit:
+                got = self._reader.readinto(scratch)
+                if not got:
+                    return PlaintextTooLongError(
+                        f"payload holds {produced} plaintext bytes, more than the declared {self._declared}; "
+                        "stopped at the declared size",
+                        header=self._header,
+                    )
+                produced += got
+        except (zstandard.ZstdError, PackageError):
+            pass
+        return DecompressionBombError(
+            f"payload inflates more than {BOMB_MARGIN} bytes beyond the declared {self._declared} plaintext "
+            f"bytes (decompression bomb, from {self._source.consumed} compressed bytes); stopped",
+            header=self._header,
+        )
 
 
 # ------------------------------------------------------------------------------ inspect

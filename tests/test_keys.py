@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from agent.cli import main
-from protocol.errors import KeyFormatError, KeyPermissionError, KeysExistError, LayoutError
+from protocol.errors import KeyFormatError, KeyPermissionError, KeysError, KeysExistError, LayoutError
 from protocol.keys import (
     BUNDLE_FILE,
     ENCRYPTION_KEY_FILE,
@@ -78,7 +78,7 @@ def test_symlinked_private_key_is_refused(tmp_path: Path) -> None:
     real = tmp_path / "elsewhere.key"
     os.rename(tmp_path / "k" / SIGNING_KEY_FILE, real)
     os.symlink(real, tmp_path / "k" / SIGNING_KEY_FILE)
-    with pytest.raises(Exception, match="signing.key"):
+    with pytest.raises(KeysError, match=r"cannot open private key file .*signing\.key"):
         load_keys(tmp_path / "k")
 
 
@@ -134,7 +134,9 @@ def test_repr_hides_private_keys() -> None:
     assert "hidden" in repr(PartyKeys.generate("x"))
 
 
-def test_cli_init_prints_bundle_and_show_repeats_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_init_prints_bundle_and_show_repeats_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["keys", "init", "--dir", str(tmp_path / "k"), "--id", "school-9"]) == 0
     printed = capsys.readouterr().out
     bundle = PublicBundle.from_json(printed)

@@ -18,7 +18,16 @@ from protocol.errors import (
 from protocol.header import MAX_MANIFEST_BYTES, canonical_json
 from protocol.layout import is_temp_name, parse_package_name
 from protocol.package import MAGIC, PackageWriter, open_package, read_header
-from tests.vectors.helpers import AGENT, NOW, OTHER_AGENT, PLATFORM, TRUSTED, incompressible, read_all, write_package
+from tests.vectors.helpers import (
+    AGENT,
+    NOW,
+    OTHER_AGENT,
+    PLATFORM,
+    TRUSTED,
+    incompressible,
+    read_all,
+    write_package,
+)
 
 CATALOG = {
     "resource_name": "人事处数据-教职工科技论文信息",
@@ -141,9 +150,17 @@ def test_file_is_published_atomically_with_no_temp_files_left(tmp_path: Path) ->
 
 def test_exception_inside_writer_leaves_nothing(tmp_path: Path) -> None:
     path = tmp_path / "p.pkg"
-    with pytest.raises(RuntimeError), PackageWriter(
-        path, kind="snapshot", sender=PLATFORM, recipient=AGENT.public_bundle(), subscription="s", sequence=1
-    ) as writer:
+    with (
+        pytest.raises(RuntimeError),
+        PackageWriter(
+            path,
+            kind="snapshot",
+            sender=PLATFORM,
+            recipient=AGENT.public_bundle(),
+            subscription="s",
+            sequence=1,
+        ) as writer,
+    ):
         writer.write(incompressible(10_000))
         raise RuntimeError("source database went away")
     assert os.listdir(tmp_path) == []
@@ -191,7 +208,9 @@ def test_writer_never_overwrites(tmp_path: Path) -> None:
         ({"package_id": "not-hex"}, "invalid package id"),
     ],
 )
-def test_writer_rejects_bad_fields_before_streaming(tmp_path: Path, fields: dict[str, object], message: str) -> None:
+def test_writer_rejects_bad_fields_before_streaming(
+    tmp_path: Path, fields: dict[str, object], message: str
+) -> None:
     args: dict[str, object] = {
         "kind": "snapshot",
         "sender": PLATFORM,

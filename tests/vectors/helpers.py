@@ -2,15 +2,32 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import os
 from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from protocol.header import canonical_json
 from protocol.keys import PartyKeys, PublicBundle
 from protocol.layout import new_package_id, package_filename
-from protocol.package import PackageWriter, open_package
+from protocol.package import (
+    PREFIX,
+    SIGNATURE_CONTEXT,
+    TAG_BYTES,
+    Envelope,
+    PackageWriter,
+    chunk_ad,
+    chunk_nonce,
+    open_package,
+    read_envelope,
+    wrap_data_key,
+)
 
 NOW = datetime(2026, 11, 25, 12, 0, 0, tzinfo=timezone.utc)
 
@@ -62,8 +79,6 @@ def read_all(path: Path, *, recipient: PartyKeys = AGENT, **kwargs: Any) -> byte
 
 def incompressible(size: int, seed: int = 0) -> bytes:
     """Deterministic bytes that zstd cannot shrink (so chunk counts are predictable)."""
-    import hashlib
-
     out = bytearray()
     counter = 0
     while len(out) < size:
@@ -77,3 +92,89 @@ def rewrite(path: Path, data: bytes) -> Path:
     tampered.write_bytes(data)
     os.chmod(tampered, 0o640)
     return tampered
+
+
+# ------------------------------------------------------------------ byte-level surgery
+
+
+def envelope_of(path: Path) -> Envelope:
+    with open(path, "rb") as handle:
+        return read_envelope(handle.fileno())
+
+
+def chunk_spans(path: Path) -> list[tuple[int, int]]:
+    """(start, end) file offsets of every payload chunk."""
+    envelope = envelope_of(path)
+    info = json.loads(envelope.header_raw)["payload"]
+    full = info["chunk_size"] + TAG_BYTES
+    start = envelope.payload_offset
+    end = start + info["ciphertext_bytes"]
+    return [(offset, min(offset + full, end)) for offset in range(start, end, full)]
+
+
+def assemble(
+    header: dict[str, Any],
+    payload: bytes,
+    signer: PartyKeys = PLATFORM,
+    *,
+    payload_fields: Mapping[str, Any] | None = None,
+) -> bytes:
+    """A complete package file from a header dict and payload bytes, validly signed by ``signer``.
+
+    Plays a *trusted sender* that lies (or a bug in one): used to reach the checks behind
+    the signature and the payload digest.  The payload fields are recomputed from the bytes
+    unless ``payload_fields`` overrides them.
+    """
+    chunk_size = header["payload"]["chunk_size"]
+    header = {
+        **header,
+        "payload": {
+            "chunk_size": chunk_size,
+            "chunks": max(1, -(-len(payload) // (chunk_size + TAG_BYTES))),
+            "ciphertext_bytes": len(payload),
+            "digest": hashlib.sha256(payload).hexdigest(),
+            **(payload_fields or {}),
+        },
+    }
+    raw = canonical_json(header)
+    signature = signer.signing_key.sign(SIGNATURE_CONTEXT + PREFIX + len(raw).to_bytes(4, "big") + raw)
+    signer_id = bytes.fromhex(signer.public_bundle().signing_key_id)
+    sig_block = signer_id + len(signature).to_bytes(2, "big") + signature
+    return PREFIX + len(raw).to_bytes(4, "big") + raw + sig_block + payload
+
+
+def split(path: Path) -> tuple[dict[str, Any], bytes]:
+    """(header dict, payload bytes) of a package file."""
+    envelope = envelope_of(path)
+    return json.loads(envelope.header_raw), path.read_bytes()[envelope.payload_offset :]
+
+
+def encrypt_stream(compressed: bytes, package_id: str, chunk_size: int, data_key: bytes) -> bytes:
+    """The payload a correct writer makes of an already-compressed stream."""
+    aead = AESGCM(data_key)
+    pieces = [compressed[i : i + chunk_size] for i in range(0, len(compressed), chunk_size)] or [b""]
+    return b"".join(
+        aead.encrypt(chunk_nonce(i, i == len(pieces) - 1), piece, chunk_ad(package_id, i))
+        for i, piece in enumerate(pieces)
+    )
+
+
+def craft(
+    template: Path,
+    compressed: bytes,
+    *,
+    declared: int,
+    recipient: PartyKeys = AGENT,
+    signer: PartyKeys = PLATFORM,
+) -> bytes:
+    """A package with the template's header but an arbitrary compressed stream and declared size."""
+    header, _ = split(template)
+    data_key = os.urandom(32)
+    ephemeral, wrapped = wrap_data_key(data_key, recipient.public_bundle(), header["package_id"])
+    header["key_wrap"] = {
+        "ephemeral_public_key": base64.b64encode(ephemeral).decode(),
+        "wrapped_key": base64.b64encode(wrapped).decode(),
+    }
+    header["counts"] = {**header["counts"], "plaintext_bytes": declared}
+    payload = encrypt_stream(compressed, header["package_id"], header["payload"]["chunk_size"], data_key)
+    return assemble(header, payload, signer)
