@@ -1,0 +1,347 @@
+"""End to end on one machine: the reference hub and `edu-agent run --once` over the local transport.
+
+Everything is real — hub CLI, signed packages, the share store, the agent's state, audit
+and reports — only the transport is a directory (the SFTP variant is tests/test_e2e_sftp.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.audit import verify as verify_audit
+from agent.cli import main as agent_main
+from hub.cli import main as hub_main
+from hub.reports import collect
+from protocol.keys import PartyKeys, init_keys, load_keys
+from protocol.layout import INBOX, package_filename
+from protocol.package import PackageWriter
+
+FILE_SUBSCRIPTION = """
+id: {sub_id}
+catalog:
+  provider: 教务处
+  resource_name: 教务处数据-课程资料信息
+  mounted_resource_name: 教务处数据-课程资料信息表
+  summary: 课程资料文件
+  data_name: 课程资料
+  data_format: 文件
+  sharing_type: unconditional
+  security_level: 二级
+  update_frequency: {frequency}
+  provision_method: file
+  time_range: 2020年至今
+  topic: 教学主题库
+  scope: 高校
+source:
+  directory: "{directory}"
+subscribers:
+  - agent: {agent}
+"""
+
+AGENT_CONFIG = """
+agent:
+  id: {agent}
+  state_dir: {state}
+  keys_dir: {keys}
+platform:
+  transport: local
+  url: {exchange}
+  public_keys: {platform_bundle}
+  poll_interval: 1s
+targets:
+  databases: {databases}
+  shares:
+    main:
+      path: {share}
+subscriptions:
+  default_share: main
+  {default_database}
+reporting:
+  heartbeat_interval: 1m
+"""
+
+
+class Site:
+    """A hub directory and one agent (keys, config, state, share) wired together."""
+
+    def __init__(self, root: Path, agent: str = "school-1", exchange: Path | None = None) -> None:
+        self.root = root
+        self.agent = agent
+        self.hub = root / "hub"
+        assert hub_main(["init", str(self.hub)]) == 0
+        self.agent_keys: PartyKeys = init_keys(root / "agent-keys", agent)
+        bundle = root / "agent-bundle.json"
+        bundle.write_text(self.agent_keys.public_bundle().to_json())
+        assert hub_main(["agent", "add", str(self.hub), "--id", agent, "--keys", str(bundle)]) == 0
+        self.platform_keys = load_keys(self.hub / "keys")
+        self.share = root / "share"
+        self.share.mkdir()
+        self.state = root / "state"
+        self.exchange = exchange or self.hub / "exchange" / agent
+        self.config = root / "agent.yaml"
+        self.databases: dict[str, str] = {}
+        self.write_config()
+
+    def write_config(self, **overrides: Any) -> None:
+        databases = json.dumps(self.databases) if self.databases else "{}"
+        text = AGENT_CONFIG.format(
+            agent=self.agent, state=self.state, keys=self.root / "agent-keys", exchange=self.exchange,
+            platform_bundle=self.hub / "keys" / "bundle.json", share=self.share, databases=databases,
+            default_database="default_database: main" if "main" in self.databases else "")
+        for key, value in overrides.items():
+            text = text.replace(key, value)
+        self.config.write_text(text)
+
+    def add_subscription(self, text: str, name: str) -> None:
+        path = self.root / f"{name}.yaml"
+        path.write_text(text, encoding="utf-8")
+        assert hub_main(["subscription", "add", str(self.hub), "--file", str(path)]) == 0
+
+    def add_file_subscription(self, sub_id: str, source: Path, frequency: str = "实时") -> None:
+        self.add_subscription(FILE_SUBSCRIPTION.format(sub_id=sub_id, directory=source, agent=self.agent,
+                                                       frequency=frequency), sub_id)
+
+    def publish(self, *args: str) -> None:
+        assert hub_main(["publish", str(self.hub), *args]) == 0
+
+    def run_once(self) -> int:
+        return agent_main(["run", "-c", str(self.config), "--once"])
+
+    def reports(self) -> dict[tuple[str, str], Any]:
+        summary = collect(self.hub, offline_after=3600)
+        return {(r.agent, r.subscription): r for r in summary.rows}
+
+    def status(self) -> dict[str, Any]:
+        from agent.commands.status_cmd import collect as status
+
+        return status(str(self.config))
+
+    def audit_events(self) -> list[dict[str, Any]]:
+        lines = (self.state / "audit.log").read_text(encoding="utf-8").splitlines()
+        return [json.loads(line) for line in lines]
+
+    def outbox_documents(self) -> list[dict[str, Any]]:
+        from hub.registry import Registry
+        from hub.reports import read_outbox
+        from protocol.keys import PublicBundle
+
+        registry = Registry(self.hub)
+        try:
+            agent = next(a for a in registry.agents() if a.id == self.agent)
+            docs, invalid = read_outbox(registry, self.platform_keys, self.agent,
+                                        PublicBundle.from_dict(agent.bundle))
+        finally:
+            registry.close()
+        assert not invalid, invalid
+        return [d.body for d in docs]
+
+
+@pytest.fixture
+def keep_signals() -> Iterator[None]:
+    """`edu-agent run` installs SIGTERM/SIGINT/SIGHUP handlers; give pytest its own back."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
+@pytest.fixture
+def site(tmp_path: Path, keep_signals: None) -> Site:
+    return Site(tmp_path)
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+
+
+def _tree(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): p.read_text(encoding="utf-8") for p in sorted(root.rglob("*"))
+            if p.is_file() and ".edu-sync" not in p.parts}
+
+
+def test_file_subscription_snapshot_change_revoke(site: Site) -> None:
+    source = site.root / "source-files"
+    _write(source / "课程/高等数学.txt", "第一章 极限\n")
+    _write(source / "课程/线性代数.txt", "矩阵\n")
+    _write(source / "readme.md", "course material\n")
+    site.add_file_subscription("course-files", source)
+    site.publish()
+    assert site.run_once() == 0
+    target = site.share / "course-files"
+    assert _tree(target) == _tree(source)
+
+    _write(source / "课程/概率论.txt", "随机变量\n")
+    (source / "readme.md").unlink()
+    _write(source / "课程/高等数学.txt", "第一章 极限\n第二章 导数\n")
+    site.publish()
+    assert site.run_once() == 0
+    assert _tree(target) == _tree(source)
+
+    rows = site.reports()
+    row = rows[(site.agent, "course-files")]
+    assert row.state == "ok", row
+    assert row.digest_match is True
+    assert row.applied_sequence == row.published_sequence == 2
+
+    status = site.status()
+    (sub,) = status["subscriptions"]
+    assert sub["applied_sequence"] == 2 and sub["digest_match"] is True and sub["state"] == "ok"
+    assert agent_main(["verify", "-c", str(site.config)]) == 0
+
+    (target / "课程/线性代数.txt").write_text("tampered\n", encoding="utf-8")  # behind the agent's back
+    assert agent_main(["verify", "-c", str(site.config), "--json"]) == 1
+    events = [e for e in site.audit_events() if e["event"] == "verify.run"]
+    assert events[-1]["ok"] is False and events[-1]["files"] == ["课程/线性代数.txt"]
+
+    assert hub_main(["revoke", str(site.hub), "--subscription", "course-files"]) == 0
+    assert site.run_once() == 0
+    assert not target.exists()
+    assert site.reports()[(site.agent, "course-files")].state == "purged"
+    docs = site.outbox_documents()
+    deletion = [d for d in docs if d["type"] == "deletion_receipt"]
+    assert deletion and deletion[0]["purged"]["files"] == 3
+    requests = [d for d in docs if d["type"] == "request"]
+    assert requests and requests[0]["request"] == "resend_files"
+    assert requests[0]["files"] == ["课程/线性代数.txt"]
+    assert verify_audit(site.state / "audit.log").ok
+    kinds = {e["event"] for e in site.audit_events()}
+    assert {"package.received", "package.applied", "subscription.purged", "agent.start"} <= kinds
+
+
+def test_unknown_signer_is_quarantined_and_others_continue(site: Site) -> None:
+    good, bad = site.root / "good", site.root / "bad"
+    _write(good / "a.txt", "a\n")
+    _write(bad / "b.txt", "b\n")
+    site.add_file_subscription("good-files", good)
+    site.add_file_subscription("bad-files", bad)
+    site.publish("--subscription", "good-files")
+    # a package for bad-files signed by a key the agent does not trust, named like a real one
+    rogue = init_keys(site.root / "rogue", "platform")
+    name = package_filename("bad-files", 1, "ab" * 16)
+    with PackageWriter(site.exchange / INBOX / name, kind="files", sender=rogue,
+                       recipient=site.agent_keys.public_bundle(), subscription="bad-files", sequence=1,
+                       package_id="ab" * 16) as writer:
+        writer.write(b"evil")
+    assert site.run_once() == 1  # not everything succeeded
+    assert _tree(site.share / "good-files") == {"a.txt": "a\n"}
+    assert not (site.share / "bad-files").exists()
+    quarantined = site.state / "quarantine" / name
+    assert quarantined.exists()
+    reason = json.loads((site.state / "quarantine" / (name + ".reason")).read_text())
+    assert reason["code"] in ("unknown_sender", "signature")
+    assert (site.exchange / INBOX / name).exists()  # the agent never deletes from the inbox
+    docs = site.outbox_documents()
+    errors = [d for d in docs if d["type"] == "error"]
+    assert errors and errors[0]["package_id"] == "ab" * 16 and errors[0]["subscription_id"] == "bad-files"
+    rejected = [d for d in docs if d["type"] == "apply_receipt" and d["result"] == "rejected"]
+    assert rejected
+    rows = site.reports()
+    assert rows[(site.agent, "good-files")].state == "ok"
+    assert rows[(site.agent, "bad-files")].state == "error"
+    events = [e["event"] for e in site.audit_events()]
+    assert "package.rejected" in events and "package.quarantined" in events
+    # a second run does not retry the quarantined package, and still applies new good packages
+    _write(good / "c.txt", "c\n")
+    site.publish("--subscription", "good-files")
+    assert site.run_once() == 1
+    assert _tree(site.share / "good-files") == {"a.txt": "a\n", "c.txt": "c\n"}
+    assert len([e for e in site.audit_events() if e["event"] == "package.rejected"]) == 1
+    status = site.status()
+    assert status["quarantine"][0]["package_name"] == name
+
+
+def test_platform_unreachable_reports_queue_then_delivered(site: Site) -> None:
+    source = site.root / "files"
+    _write(source / "x.txt", "x\n")
+    site.add_file_subscription("files", source)
+    site.publish()
+    outbox = site.exchange / "outbox"
+    # the platform is reachable for reading but the outbox cannot be written (e.g. its share is full)
+    outbox.rename(site.exchange / "outbox-away")
+    assert site.run_once() == 0  # applying worked; reports could not be delivered
+    queued = sorted((site.state / "outqueue").iterdir())
+    types = [p.name.split("-", 1)[1] for p in queued]
+    assert "apply_receipt.json" in types and "heartbeat.json" in types
+    assert site.reports()[(site.agent, "files")].state == "offline"
+    (site.exchange / "outbox-away").rename(outbox)
+    assert site.run_once() == 0
+    assert not list((site.state / "outqueue").iterdir())
+    docs = site.outbox_documents()
+    assert [d["type"] for d in docs].count("apply_receipt") == 1
+    assert site.reports()[(site.agent, "files")].state == "ok"
+
+
+def test_gap_is_held_and_reported(site: Site) -> None:
+    source = site.root / "files"
+    _write(source / "1.txt", "1\n")
+    site.add_file_subscription("files", source)
+    site.publish()
+    _write(source / "2.txt", "2\n")
+    site.publish()
+    _write(source / "3.txt", "3\n")
+    site.publish()
+    inbox = sorted((site.exchange / INBOX).iterdir())
+    assert len(inbox) == 3
+    hidden = site.root / "withheld"
+    shutil.move(str(inbox[1]), hidden)  # the exchange server withholds sequence 2
+    assert site.run_once() == 1
+    assert _tree(site.share / "files") == {"1.txt": "1\n"}
+    (sub,) = site.status()["subscriptions"]
+    assert sub["state"] == "held" and sub["held_gap"]["found"] == 3
+    errors = [d for d in site.outbox_documents() if d["type"] == "error"]
+    assert errors[-1]["code"] == "gap"
+    shutil.move(str(hidden), inbox[1])
+    assert site.run_once() == 0
+    assert _tree(site.share / "files") == {"1.txt": "1\n", "2.txt": "2\n", "3.txt": "3\n"}
+    assert site.status()["subscriptions"][0]["state"] == "ok"
+
+
+def test_unmapped_subscription_is_reported_not_guessed(site: Site) -> None:
+    source = site.root / "files"
+    _write(source / "1.txt", "1\n")
+    site.add_file_subscription("files", source)
+    site.publish()
+    site.write_config(**{"  default_share: main\n": ""})
+    assert site.run_once() == 1
+    assert not (site.share / "files").exists()
+    errors = [d for d in site.outbox_documents() if d["type"] == "error"]
+    assert errors[0]["code"] == "unmapped" and "maps to no share" in errors[0]["message"]
+
+
+def test_status_and_audit_commands(site: Site, capsys: pytest.CaptureFixture[str]) -> None:
+    source = site.root / "files"
+    _write(source / "1.txt", "1\n")
+    site.add_file_subscription("files", source, frequency="每月")
+    site.publish()
+    assert site.run_once() == 0
+    capsys.readouterr()
+    assert agent_main(["status", "-c", str(site.config)]) == 0
+    out = capsys.readouterr().out
+    assert "files" in out and "match" in out and "not running" in out
+    assert agent_main(["status", "-c", str(site.config), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["audit_head"]["seq"] > 0
+    assert agent_main(["audit", "verify", "-c", str(site.config)]) == 0
+    head = status["audit_head"]
+    assert agent_main(["audit", "verify", "-c", str(site.config), "--expect-head",
+                       f"{head['seq'] + 5}:{head['hash']}"]) == 1
+    log = site.state / "audit.log"
+    lines = log.read_text(encoding="utf-8").splitlines(keepends=True)
+    log.write_text("".join(lines[:-1]), encoding="utf-8")
+    capsys.readouterr()
+    assert agent_main(["audit", "verify", "-c", str(site.config)]) == 1
+    assert "truncated" in capsys.readouterr().out
+
+    assert agent_main(["resync", "-c", str(site.config), "--subscription", "files"]) == 0
+    requests = [d for d in site.outbox_documents() if d["type"] == "request"]
+    assert requests[-1]["request"] == "resync" and requests[-1]["subscription_id"] == "files"
+    assert os.stat(site.state).st_mode & 0o077 == 0
