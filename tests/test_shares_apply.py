@@ -1,0 +1,424 @@
+"""Applying files packages: round trips, modes, every apply-time rejection, symlink attacks, resume."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from connectors.stores.shares import errors as E
+from connectors.stores.shares.store import ShareModes, ShareStore
+from tests.test_shares_support import files_package, tree
+
+V1 = {"a.txt": b"alpha", "docs/课表.pdf": b"P" * 70_000, "docs/deep/x.bin": bytes(range(256)) * 3}
+V2 = {"a.txt": b"alpha v2", "docs/课表.pdf": b"P" * 70_000, "new/n.txt": b"n"}
+
+
+@pytest.fixture
+def share(tmp_path: Path) -> Path:
+    root = tmp_path / "share"
+    root.mkdir()
+    (tmp_path / "outside").mkdir()
+    return root
+
+
+@pytest.fixture
+def store(share: Path) -> ShareStore:
+    return ShareStore(share, space_margin=0)
+
+
+def staging_files(share: Path, dirname: str = "sub") -> list[str]:
+    staging = share / dirname / ".edu-sync" / "staging"
+    return sorted(str(p.relative_to(staging)) for p in staging.rglob("*")) if staging.exists() else []
+
+
+def applied(
+    store: ShareStore, files: dict[str, bytes], previous: dict[str, bytes] | None = None, sequence: int = 1
+) -> None:
+    header, payload = files_package(files, previous, sequence=sequence)
+    result = store.apply(header, [payload], "sub")
+    assert result.status == "applied" and result.match
+
+
+def test_snapshot_then_delta_gives_exactly_the_new_set(store: ShareStore, share: Path) -> None:
+    header, payload = files_package(V1, sequence=1)
+    result = store.apply(header, [payload], "sub")
+    assert (result.files_written, result.match, result.local_digest) == (
+        3,
+        True,
+        header["manifest"]["expected_digest"],
+    )
+    assert tree(share / "sub") == V1
+    header, payload = files_package(V2, V1, sequence=2)
+    result = store.apply(header, iter([payload[:3], payload[3:]]), "sub")
+    assert (result.files_written, result.files_removed) == (2, 1)
+    assert tree(share / "sub") == V2
+    assert not (share / "sub" / "docs" / "deep").exists()  # emptied directories are pruned
+    position = store.position("sub")
+    assert position is not None and position.sequence == 2
+    assert position.digest == header["manifest"]["expected_digest"]
+    assert store.verify("sub").match
+    assert staging_files(share) == []
+    assert sorted(os.listdir(share)) == ["sub"]
+
+
+def test_marker_records_the_catalog_entry(store: ShareStore, share: Path) -> None:
+    applied(store, V1)
+    import json
+
+    marker = json.loads((share / "sub" / ".edu-sync" / "marker.json").read_text())
+    assert marker == {
+        "subscription": "sub-files",
+        "resource_name": "教务处数据-课程表信息",
+        "mounted_resource_name": "课程表信息表",
+        "provider": "教务处",
+        "sharing_type": "authorised",
+        "security_level": "内部",
+        "agreement_id": "AGR-2025-001",
+    }
+
+
+def test_already_applied_package_is_skipped(store: ShareStore) -> None:
+    header, payload = files_package(V1, sequence=1)
+    store.apply(header, [payload], "sub")
+    again = store.apply(header, [payload], "sub")
+    assert again.status == "already_applied" and again.match
+
+
+def test_unchanged_files_of_a_snapshot_are_not_rewritten(store: ShareStore, share: Path) -> None:
+    applied(store, V1)
+    inode = (share / "sub" / "docs" / "课表.pdf").stat().st_ino
+    header, payload = files_package({**V1, "b": b"b"}, sequence=5)  # a resync snapshot
+    result = store.apply(header, [payload], "sub")
+    assert (result.files_written, result.files_unchanged) == (1, 3)
+    assert (share / "sub" / "docs" / "课表.pdf").stat().st_ino == inode
+
+
+def test_modes_and_owner_come_from_local_config(share: Path) -> None:
+    store = ShareStore(
+        share, ShareModes(file_mode=0o604, dir_mode=0o711), owner=65534, group=65534, space_margin=0
+    )
+    old = os.umask(0o077)
+    try:
+        applied(store, V1)
+    finally:
+        os.umask(old)
+    sub = share / "sub"
+    for path in [sub / "a.txt", sub / "docs" / "deep" / "x.bin"]:
+        st = path.stat()
+        assert stat.S_IMODE(st.st_mode) == 0o604 and (st.st_uid, st.st_gid) == (65534, 65534)
+    for path in [sub, sub / "docs", sub / "docs" / "deep"]:
+        st = path.stat()
+        assert stat.S_IMODE(st.st_mode) == 0o711 and (st.st_uid, st.st_gid) == (65534, 65534)
+
+
+def test_default_modes_are_0640_and_0750(store: ShareStore, share: Path) -> None:
+    applied(store, V1)
+    assert stat.S_IMODE((share / "sub" / "a.txt").stat().st_mode) == 0o640
+    assert stat.S_IMODE((share / "sub" / "docs").stat().st_mode) == 0o750
+    assert stat.S_IMODE((share / "sub" / ".edu-sync" / "staging").stat().st_mode) == 0o700
+    assert stat.S_IMODE((share / "sub" / ".edu-sync" / "state.db").stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("mode", [0o4755, 0o2750, 0o1777])
+def test_setuid_setgid_and_sticky_modes_are_refused_in_config(mode: int) -> None:
+    with pytest.raises(E.InvalidShareConfigError):
+        ShareModes(file_mode=mode)
+    with pytest.raises(E.InvalidShareConfigError):
+        ShareModes(dir_mode=mode)
+
+
+def test_unknown_owner_is_a_config_error(share: Path) -> None:
+    with pytest.raises(E.InvalidShareConfigError):
+        ShareStore(share, owner="no-such-user-here")
+
+
+# ----------------------------------------------------------- rejections leave everything as it was
+
+
+def _tamper_size(header: dict, payload: bytes) -> tuple[dict, bytes]:
+    return header, payload[:-1]
+
+
+def _extra_bytes(header: dict, payload: bytes) -> tuple[dict, bytes]:
+    return header, payload + b"undeclared file content"
+
+
+def _bad_content(header: dict, payload: bytes) -> tuple[dict, bytes]:
+    return header, b"Z" + payload[1:]
+
+
+def _count_files(header: dict, payload: bytes) -> tuple[dict, bytes]:
+    header["counts"]["files"] += 1
+    return header, payload
+
+
+def _count_bytes(header: dict, payload: bytes) -> tuple[dict, bytes]:
+    header["counts"]["plaintext_bytes"] -= 1
+    return header, payload
+
+
+def _wrong_kind(header: dict, payload: bytes) -> tuple[dict, bytes]:
+    header["kind"] = "delta"
+    return header, payload
+
+
+def _sequence_gap(header: dict, payload: bytes) -> tuple[dict, bytes]:
+    header["sequence"], header["builds_on"] = 4, 3
+    return header, payload
+
+
+def _removed_unknown(header: dict, payload: bytes) -> tuple[dict, bytes]:
+    header["manifest"]["removed"].append("never-existed.txt")
+    header["manifest"]["file_count"] -= 1
+    header["expected_state"]["rows"] -= 1
+    return header, payload
+
+
+def _expected_wrong(header: dict, payload: bytes) -> tuple[dict, bytes]:
+    header["manifest"]["expected_digest"] = "0" * 64
+    header["expected_state"]["digest"] = "0" * 64
+    return header, payload
+
+
+def _collides_with_kept(header: dict, payload: bytes) -> tuple[dict, bytes]:
+    entry = dict(header["manifest"]["entries"][-1])
+    entry["path"] = "A.TXT"
+    header["manifest"]["entries"].append(entry)
+    header["manifest"]["file_count"] += 1
+    header["expected_state"]["rows"] += 1
+    header["counts"]["files"] += 1
+    header["counts"]["plaintext_bytes"] += entry["size"]
+    return header, payload + payload[-entry["size"] :] if entry["size"] else payload
+
+
+def _symlink_entry(header: dict, payload: bytes) -> tuple[dict, bytes]:
+    header["manifest"]["entries"][0]["type"] = "symlink"
+    return header, payload
+
+
+def _traversal(header: dict, payload: bytes) -> tuple[dict, bytes]:
+    header["manifest"]["entries"][0]["path"] = "../outside/pwned"
+    return header, payload
+
+
+@pytest.mark.parametrize(
+    ("tamper", "error"),
+    [
+        (_tamper_size, E.PayloadTooShortError),
+        (_extra_bytes, E.PayloadTooLongError),
+        (_bad_content, E.FileDigestMismatchError),
+        (_count_files, E.CountMismatchError),
+        (_count_bytes, E.CountMismatchError),
+        (_wrong_kind, E.WrongPackageKindError),
+        (_sequence_gap, E.BaseMismatchError),
+        (_removed_unknown, E.UnknownRemovedPathError),
+        (_expected_wrong, E.ExpectedDigestError),
+        (_collides_with_kept, E.NameCollisionError),
+        (_symlink_entry, E.UnsupportedEntryTypeError),
+        (_traversal, E.ParentTraversalError),
+    ],
+)
+def test_rejected_package_changes_nothing(store: ShareStore, share: Path, tamper, error) -> None:  # type: ignore[no-untyped-def]
+    applied(store, V1)
+    before, position = tree(share / "sub"), store.position("sub")
+    header, payload = tamper(*files_package(V2, V1, sequence=2))
+    with pytest.raises(error) as info:
+        store.apply(header, [payload], "sub")
+    assert isinstance(info.value, E.PackageRejected)
+    assert tree(share / "sub") == before
+    assert store.position("sub") == position
+    assert staging_files(share) == []
+    assert os.listdir(share.parent / "outside") == []
+    applied(store, V2, V1, sequence=2)  # the untampered package still applies
+
+
+def test_payload_longer_than_declared_even_by_one_byte(store: ShareStore, share: Path) -> None:
+    header, payload = files_package(V1, sequence=1)
+    with pytest.raises(E.PayloadTooLongError):
+        store.apply(header, [payload, b"\0"], "sub")
+    assert tree(share / "sub") == {}
+
+
+# ----------------------------------------------------------- the destination is not trusted either
+
+
+def test_planted_symlink_to_outside_directory_is_never_followed(store: ShareStore, share: Path) -> None:
+    outside = share.parent / "outside"
+    applied(store, V1)
+    (share / "sub" / "new").symlink_to(outside, target_is_directory=True)
+    before = tree(share / "sub")
+    header, payload = files_package(V2, V1, sequence=2)  # writes new/n.txt
+    with pytest.raises(E.UnsafeDestinationError) as info:
+        store.apply(header, [payload], "sub")
+    assert "new" in str(info.value) and "symlink" in str(info.value)
+    assert os.listdir(outside) == []
+    assert tree(share / "sub") == before and store.position("sub").sequence == 1  # type: ignore[union-attr]
+
+
+def test_symlinked_parent_of_a_removed_file_is_not_followed(store: ShareStore, share: Path) -> None:
+    outside = share.parent / "outside"
+    (outside / "x.bin").write_bytes(b"precious")
+    applied(store, V1)
+    deep = share / "sub" / "docs" / "deep"
+    for child in deep.iterdir():
+        child.unlink()
+    deep.rmdir()
+    deep.symlink_to(outside, target_is_directory=True)  # docs/deep/x.bin is removed by V2
+    header, payload = files_package(V2, V1, sequence=2)
+    with pytest.raises(E.UnsafeDestinationError):
+        store.apply(header, [payload], "sub")
+    assert (outside / "x.bin").read_bytes() == b"precious"
+
+
+def test_symlink_at_a_final_name_is_refused(store: ShareStore, share: Path) -> None:
+    outside = share.parent / "outside"
+    applied(store, V1)
+    (share / "sub" / "a.txt").unlink()
+    (share / "sub" / "a.txt").symlink_to(outside / "target")
+    header, payload = files_package(V2, V1, sequence=2)
+    with pytest.raises(E.UnsafeDestinationError):
+        store.apply(header, [payload], "sub")
+    assert os.listdir(outside) == []
+
+
+def test_symlink_swapped_in_after_the_checks_is_still_not_followed(
+    store: ShareStore, share: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A race between preflight and rename: the rename path opens parents with O_NOFOLLOW."""
+    outside = share.parent / "outside"
+    applied(store, V1)
+    original = ShareStore._stage
+
+    def stage_then_plant(self, sub, package, reader, current):  # type: ignore[no-untyped-def]
+        result = original(self, sub, package, reader, current)
+        (share / "sub" / "new").symlink_to(outside, target_is_directory=True)
+        return result
+
+    monkeypatch.setattr(ShareStore, "_stage", stage_then_plant)
+    header, payload = files_package(V2, V1, sequence=2)
+    with pytest.raises(E.UnsafeDestinationError):
+        store.apply(header, [payload], "sub")
+    assert os.listdir(outside) == []
+    # The committed package waits in the journal; once the link is gone, recovery finishes it.
+    (share / "sub" / "new").unlink()
+    monkeypatch.undo()
+    assert [o.action for o in store.recover("sub")] == ["rolled_forward"]
+    assert tree(share / "sub") == V2
+
+
+def test_symlinked_subscription_directory_is_refused(store: ShareStore, share: Path) -> None:
+    (share / "sub").symlink_to(share.parent / "outside", target_is_directory=True)
+    header, payload = files_package(V1, sequence=1)
+    with pytest.raises(E.UnsafeDestinationError):
+        store.apply(header, [payload], "sub")
+    assert os.listdir(share.parent / "outside") == []
+
+
+def test_foreign_directory_is_not_taken_over(store: ShareStore, share: Path) -> None:
+    (share / "sub").mkdir()
+    (share / "sub" / "someone-elses.doc").write_bytes(b"mine")
+    header, payload = files_package(V1, sequence=1)
+    with pytest.raises(E.ForeignDirectoryError):
+        store.apply(header, [payload], "sub")
+    assert tree(share / "sub") == {"someone-elses.doc": b"mine"}
+
+
+def test_directory_of_another_subscription_is_refused(store: ShareStore, share: Path) -> None:
+    applied(store, V1)
+    header, payload = files_package(V1, sequence=1, subscription="other-sub")
+    with pytest.raises(E.ForeignDirectoryError):
+        store.apply(header, [payload], "sub")
+
+
+def test_nothing_outside_the_subscription_directory_changes(store: ShareStore, share: Path) -> None:
+    (share / "neighbour").mkdir()
+    (share / "neighbour" / "f").write_bytes(b"n")
+    snapshot = {
+        p: p.stat().st_mtime_ns
+        for p in share.parent.rglob("*")
+        if "sub" not in p.relative_to(share.parent).parts
+    }
+    applied(store, V1)
+    applied(store, V2, V1, sequence=2)
+    store.purge("sub")
+    after = {p: p.stat().st_mtime_ns for p in share.parent.rglob("*")}
+    for path, mtime in snapshot.items():
+        if path != share:
+            assert after[path] == mtime, path
+
+
+# ----------------------------------------------------------- resume and base mismatch
+
+
+class Interrupted(Exception):
+    pass
+
+
+def _cut_after(payload: bytes, nbytes: int) -> Iterator[bytes]:
+    yield payload[:nbytes]
+    raise Interrupted("connection lost")
+
+
+def test_interrupted_apply_resumes_without_rewriting_verified_files(store: ShareStore, share: Path) -> None:
+    files = {f"f{i:02d}.bin": hashlib.sha256(bytes([i])).digest() * 1000 for i in range(10)}
+    header, payload = files_package(files, sequence=1)
+    with pytest.raises(Interrupted):
+        store.apply(header, _cut_after(payload, 32_000 * 6 + 100), "sub")
+    assert tree(share / "sub") == {}
+    staged = staging_files(share)
+    assert len([s for s in staged if not s.endswith(".part") and "/" in s]) == 6
+    inodes = {
+        p.name: p.stat().st_ino for p in (share / "sub" / ".edu-sync" / "staging").rglob("*.*") if p.is_file()
+    }
+    assert [o.action for o in store.recover()] == ["staging_kept"]
+    result = store.apply(header, [payload], "sub")
+    assert (result.files_resumed, result.files_written) == (6, 4)
+    assert tree(share / "sub") == files
+    final_inodes = {(share / "sub" / p).stat().st_ino for p in files}
+    assert {i for n, i in inodes.items() if not n.endswith(".part")} <= final_inodes  # renamed, not rewritten
+
+
+def test_corrupted_staged_file_is_rewritten_on_resume(store: ShareStore, share: Path) -> None:
+    files = {f"f{i}": bytes([i]) * 5000 for i in range(4)}
+    header, payload = files_package(files, sequence=1)
+    with pytest.raises(Interrupted):
+        store.apply(header, _cut_after(payload, 5000 * 3), "sub")
+    staged = sorted(p for p in (share / "sub" / ".edu-sync" / "staging").rglob("*") if p.is_file())
+    staged[0].write_bytes(b"rotten")
+    result = store.apply(header, [payload], "sub")
+    assert result.files_resumed == 2 and tree(share / "sub") == files
+
+
+def test_different_package_discards_old_staging(store: ShareStore, share: Path) -> None:
+    header, payload = files_package(V1, sequence=1)
+    with pytest.raises(Interrupted):
+        store.apply(header, _cut_after(payload, 10), "sub")
+    header2, payload2 = files_package(V2, sequence=1)
+    store.apply(header2, [payload2], "sub")
+    assert tree(share / "sub") == V2 and staging_files(share) == []
+
+
+def test_delta_on_a_diverged_base_applies_and_names_mismatched_files(store: ShareStore, share: Path) -> None:
+    applied(store, V1)
+    platform_thinks = {**V1, "ghost.txt": b"the agent never got this"}
+    header, payload = files_package({**platform_thinks, "a.txt": b"changed"}, platform_thinks, sequence=2)
+    result = store.apply(header, [payload], "sub")
+    assert result.status == "applied" and not result.match
+    assert result.mismatched_buckets
+    assert tree(share / "sub") == {**V1, "a.txt": b"changed"}
+    assert "ghost.txt" not in result.mismatched_files  # we do not have it; its bucket is named
+    from protocol.digest import bucket_of, file_item
+
+    assert bucket_of(file_item("ghost.txt", 0, "")[0]) in result.mismatched_buckets
+
+
+def test_empty_files_and_empty_packages(store: ShareStore, share: Path) -> None:
+    applied(store, {"empty": b""})
+    applied(store, {}, {"empty": b""}, sequence=2)
+    assert tree(share / "sub") == {}
+    assert store.verify("sub").match
