@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "demo_cmd",
     "audit_cmd",
     "resync_cmd",
+    "enroll_cmd",
 )
 
 log = structlog.get_logger("agent.cli")
