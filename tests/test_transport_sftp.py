@@ -351,3 +351,62 @@ def test_check_reports_a_refused_host_key(sshd: SshdServer, sftp_account: Accoun
     wrong = generate_key(tmp_path / "other")
     results = SftpTransport(settings(sshd, sftp_account, host_key=wrong)).check()
     assert len(results) == 1 and not results[0].ok and "mismatch" in results[0].detail
+
+
+# -- pipelining details ----------------------------------------------------------------------
+def test_short_reads_are_completed_in_order(sshd: SshdServer, sftp_account: Account) -> None:
+    """Requests larger than the server answers (sshd caps a READ at 255 KiB) come back short:
+    the reader asks for the rest and adapts, and the bytes still arrive complete and in order."""
+    from connectors.transports.pipeline import read_range
+
+    path, expected = _big_file(sftp_account, "p", 5)
+    with SftpTransport(settings(sshd, sftp_account)) as transport:
+        transport.listdir("inbox")
+        sftp = transport._sftp
+        assert sftp is not None
+        with sftp.open("/inbox/p", "rb") as handle:
+            chunks = list(read_range(sftp, handle.handle, 1000, 5 * 1024 * 1024, 1024 * 1024, 4))
+    data = b"".join(chunks)
+    assert data == path.read_bytes()[1000:]
+    assert max(len(c) for c in chunks) <= 255 * 1024
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == expected
+
+
+def test_file_shrinking_during_fetch_is_an_error(
+    sshd: SshdServer, sftp_account: Account, tmp_path: Path
+) -> None:
+    path, _ = _big_file(sftp_account, "p", 16)
+
+    def truncate(done: int, _total: int) -> None:
+        if done > 2 * 1024 * 1024 and path.stat().st_size > 1024 * 1024:
+            os.truncate(path, 1024 * 1024)
+
+    with (
+        SftpTransport(settings(sshd, sftp_account)) as transport,
+        pytest.raises(TransportError, match="shrank"),
+    ):
+        transport.fetch("inbox/p", tmp_path / "p", truncate)
+
+
+def test_open_transport_maps_the_platform_section(sshd: SshdServer, sftp_account: Account) -> None:
+    from datetime import timedelta
+
+    from agent.config import PlatformSection
+    from connectors.transports import open_transport
+
+    platform = PlatformSection.model_construct(
+        transport="sftp",
+        url=f"sftp://{sftp_account.user}@127.0.0.1:{sshd.port}/",
+        host_key=sshd.host_key_line,
+        identity_file=sftp_account.key_path,
+        connect_timeout=timedelta(seconds=7),
+        operation_timeout=timedelta(seconds=70),
+        keepalive_interval=timedelta(seconds=11),
+    )
+    with open_transport(platform) as transport:
+        assert isinstance(transport, SftpTransport)
+        assert (transport.settings.connect_timeout, transport.settings.operation_timeout) == (7, 70)
+        assert transport.settings.keepalive_interval == 11 and transport.settings.root == "/"
+        results = transport.check()
+    assert all(r.ok for r in results), results
+    assert "matches the pinned key" in results[0].detail

@@ -51,7 +51,10 @@ class LocalTransport(Transport):
 
     def _open_dir(self, remote: str, rel: PurePosixPath) -> int:
         """A descriptor of ``rel``'s parent, reached without following any symlink below the root."""
-        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise TransportError(f"{self.description}: {exc.strerror}") from exc
         try:
             for part in rel.parts[:-1]:
                 nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
