@@ -121,6 +121,9 @@ class _Document:
     problems: list[tuple[KeyPath, int, str]]
 
 
+_OMITTED = object()  # a value already reported as a problem: left out of the data
+
+
 def _build(loader: LineLoader, node: yaml.Node) -> _Document:
     """Construct plain data from a composed node tree, recording the line of every key.
 
@@ -134,8 +137,9 @@ def _build(loader: LineLoader, node: yaml.Node) -> _Document:
     def walk(n: yaml.Node, path: KeyPath) -> Any:
         if isinstance(n, (yaml.MappingNode, yaml.SequenceNode)):
             if id(n) in seen:
-                problems.append((path, n.start_mark.line + 1, "YAML aliases (*name) are not supported"))
-                return None
+                line = lines.get(path, n.start_mark.line + 1)
+                problems.append((path, line, "YAML aliases (*name) are not supported"))
+                return _OMITTED
             seen.add(id(n))
         if isinstance(n, yaml.MappingNode):
             result: dict[str, Any] = {}
@@ -152,14 +156,18 @@ def _build(loader: LineLoader, node: yaml.Node) -> _Document:
                 if key in result:
                     problems.append((child, line, "duplicate key (the earlier value would be lost)"))
                 lines[child] = line
-                result[key] = walk(value_node, child)
+                value = walk(value_node, child)
+                if value is not _OMITTED:
+                    result[key] = value
             return result
         if isinstance(n, yaml.SequenceNode):
             items = []
             for index, item in enumerate(n.value):
                 child = (*path, index)
                 lines[child] = item.start_mark.line + 1
-                items.append(walk(item, child))
+                value = walk(item, child)
+                if value is not _OMITTED:
+                    items.append(value)
             return items
         value = loader.construct_object(n, deep=True)
         if isinstance(value, int) and not isinstance(value, bool):
@@ -528,8 +536,9 @@ class _Source:
     lines: dict[KeyPath, int]
     data: Any
 
-    def issue(self, loc: Iterable[str | int], message: str) -> ConfigIssue:
-        """Locate a message at the deepest key of ``loc`` that exists in the file."""
+    def issue(self, loc: Iterable[str | int], message: str, line: int | None = None) -> ConfigIssue:
+        """Locate a message at the deepest key of ``loc`` that exists in the file (or at ``line``)."""
+        at = line
         shown: list[str | int] = []
         line = self.lines.get(())
         node = self.data
@@ -546,7 +555,7 @@ class _Source:
                 break
             line = self.lines.get(tuple(shown), line)
         key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in shown).lstrip(".")
-        return ConfigIssue(str(self.path), line, key, message)
+        return ConfigIssue(str(self.path), line if at is None else at, key, message)
 
 
 class _Section(BaseModel):
@@ -1070,7 +1079,7 @@ def load_config(path: str | os.PathLike[str]) -> AgentConfig:
 
     document = _parse_yaml(text, shown)
     source = _Source(Path(shown), document.lines, document.data)
-    issues = [source.issue(key, message) for key, _, message in document.problems]
+    issues = [source.issue(key, message, line) for key, line, message in document.problems]
     if not isinstance(document.data, dict):
         issues.append(ConfigIssue(shown, 1, "", "expected a mapping of sections (agent, platform, ...)"))
         raise ConfigError(issues)
