@@ -421,6 +421,9 @@ class Publisher:
             target = target_dir / record.filename
             if source.exists():
                 target_dir.mkdir(parents=True, exist_ok=True)
+                # The spool is not setgid: give the package the directory's group (the agent's
+                # SFTP group, docs/hub.md), as a file written there directly would get.
+                os.chown(source, -1, target_dir.stat().st_gid)
                 os.replace(source, target)
                 _fsync_dir(target_dir)
             elif not target.exists():

@@ -52,8 +52,7 @@ agent:
   state_dir: {state}
   keys_dir: {keys}
 platform:
-  transport: local
-  url: {exchange}
+{platform}
   public_keys: {platform_bundle}
   poll_interval: 1s
 targets:
@@ -88,12 +87,13 @@ class Site:
         self.exchange = exchange or self.hub / "exchange" / agent
         self.config = root / "agent.yaml"
         self.databases: dict[str, str] = {}
+        self.platform = f"  transport: local\n  url: {self.exchange}"
         self.write_config()
 
     def write_config(self, **overrides: Any) -> None:
         databases = json.dumps(self.databases) if self.databases else "{}"
         text = AGENT_CONFIG.format(
-            agent=self.agent, state=self.state, keys=self.root / "agent-keys", exchange=self.exchange,
+            agent=self.agent, state=self.state, keys=self.root / "agent-keys", platform=self.platform,
             platform_bundle=self.hub / "keys" / "bundle.json", share=self.share, databases=databases,
             default_database="default_database: main" if "main" in self.databases else "")
         for key, value in overrides.items():

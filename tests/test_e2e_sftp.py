@@ -1,0 +1,72 @@
+"""End to end over a real OpenSSH sshd, configured exactly as docs/hub.md (chrooted SFTP per agent).
+
+The hub's exchange directory for the agent *is* the agent's chroot; the agent runs
+`edu-agent run --once` with the SFTP transport (pinned host key, key authentication).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hub.cli import main as hub_main
+from tests.sshd import Account, SshdServer, SshdUnavailable
+from tests.test_e2e_local import Site, _tree, _write, keep_signals  # noqa: F401 - fixture
+
+
+@pytest.fixture
+def sftp_site(sshd: SshdServer, chroot_tmp_path: Path, keep_signals: None) -> Iterator[tuple[Site, Account]]:
+    site = Site(chroot_tmp_path / "site")
+    try:
+        account = sshd.add_account(site.agent, chroot=site.exchange)
+    except SshdUnavailable as exc:
+        pytest.skip(str(exc))
+    site.platform = (f"  transport: sftp\n  url: sftp://{account.user}@127.0.0.1:{sshd.port}/\n"
+                     f"  host_key: {sshd.host_key_line}\n  identity_file: {account.key_path}\n"
+                     "  connect_timeout: 5s\n  operation_timeout: 10s")
+    site.write_config()
+    yield site, account
+
+
+def test_files_over_sftp_snapshot_deltas_revoke(sftp_site: tuple[Site, Account]) -> None:
+    site, _account = sftp_site
+    source = site.root / "files"
+    _write(source / "招生/计划.txt", "2026 招生计划\n")
+    _write(source / "readme.txt", "v1\n")
+    site.add_file_subscription("admissions", source)
+    site.publish()
+    assert site.run_once() == 0
+    target = site.share / "admissions"
+    assert _tree(target) == _tree(source)
+    for i in range(3):  # three deltas: add, change, remove
+        _write(source / f"通知/{i}.txt", f"通知 {i}\n")
+        _write(source / "readme.txt", f"v{i + 2}\n")
+        if i == 2:
+            (source / "招生/计划.txt").unlink()
+        site.publish()
+        assert site.run_once() == 0
+        assert _tree(target) == _tree(source)
+    row = site.reports()[(site.agent, "admissions")]
+    assert row.state == "ok" and row.digest_match is True
+    assert row.applied_sequence == row.published_sequence == 4
+    assert hub_main(["revoke", str(site.hub), "--subscription", "admissions"]) == 0
+    assert site.run_once() == 0
+    assert not target.exists()
+    assert site.reports()[(site.agent, "admissions")].state == "purged"
+
+
+def test_wrong_host_key_is_refused(sftp_site: tuple[Site, Account], sshd: SshdServer) -> None:
+    site, _account = sftp_site
+    source = site.root / "files"
+    _write(source / "a.txt", "a\n")
+    site.add_file_subscription("files", source)
+    site.publish()
+    other = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKcaEXgzi2XlO5Q81mMRkjDhH9wnYQDx+Lwi+K0cDHbE"
+    site.platform = site.platform.replace(sshd.host_key_line, other)
+    site.write_config()
+    assert site.run_once() == 1
+    assert not (site.share / "files").exists()
+    queued = [p.name for p in (site.state / "outqueue").iterdir()]
+    assert any(n.endswith("-heartbeat.json") for n in queued)  # kept for when the platform is trusted again
