@@ -651,6 +651,14 @@ class ShareStore:
     def _recover_locked(self, sub: _Subscription) -> RecoveryOutcome:
         journal = sub.state.journal()
         if journal is None:
+            # A crash after the state commit but before the staging cleanup leaves an emptied
+            # staging directory behind; nothing in it is needed any more.
+            staging_fd = sub.staging_fd(create=False)
+            if staging_fd is not None:
+                try:
+                    self._clear_staging(staging_fd)
+                finally:
+                    os.close(staging_fd)
             return RecoveryOutcome(sub.dirname, "clean", None)
         if journal.phase == "commit":
             try:
