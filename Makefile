@@ -1,9 +1,11 @@
 # Two entry points for a fresh clone (see README): `make demo` and `make test`.
+# Both create .venv themselves (Python >= 3.10 as `python3`, or PYTHON=...).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+PYTEST_ARGS ?=
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test lint clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,6 +15,7 @@ $(BIN)/.installed: pyproject.toml
 
 venv: $(BIN)/.installed
 
+# The whole exchange on this machine: a reference platform and an agent, local transport.
 demo: venv
 	$(BIN)/edu-agent demo
 
@@ -20,8 +23,11 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
+# ruff + mypy, then every test. pytest's exit code 5 ("no tests collected") is a failure.
 test: lint
-	$(BIN)/pytest
+	@rc=0; $(BIN)/pytest $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; \
+	exit $$rc
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
