@@ -926,7 +926,9 @@ class Inspection:
 
     @property
     def ok(self) -> bool:
-        return all(status == "ok" for status, _ in self.checks.values())
+        """No check failed and the signature was verified (checks needing keys may be skipped)."""
+        failed = any(status == "failed" for status, _ in self.checks.values())
+        return not failed and self.checks.get("signature", ("",))[0] == "ok"
 
     def to_dict(self) -> dict[str, Any]:
         return {
