@@ -16,6 +16,7 @@ exits. SIGHUP reloads the configuration; an invalid one is logged, audited and i
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from collections.abc import Callable
@@ -74,6 +75,7 @@ class Runtime(Protocol):
     heartbeat_interval: float
     report_queue_max: int
     metrics: MetricsSettings | None
+    key_ids: dict[str, str]  # the agent's own and the pinned platform key ids (audited on change)
 
     def subscriptions(self, ctx: RunContext) -> dict[str, Schedule]:
         """The verified subscription list from ``control/`` (subscription id -> schedule)."""
@@ -160,6 +162,12 @@ class Daemon:
         self.state.set_meta("config_digest", runtime.config_digest)
         if previous != runtime.config_digest or event != "config.loaded":
             self.audit.record(event, config_digest=runtime.config_digest, previous=previous)
+        keys = json.dumps(runtime.key_ids, sort_keys=True)
+        known = self.state.meta("key_ids")
+        if known != keys:
+            self.state.set_meta("key_ids", keys)
+            self.audit.record("keys.loaded" if known is None else "keys.changed", keys=runtime.key_ids,
+                              previous=json.loads(known) if known else None)
 
     def _start_metrics(self, runtime: Runtime) -> None:
         if self._metrics_server is not None:

@@ -229,6 +229,10 @@ class AgentRuntime:
             raise ConfigLoadError(f"keys in {config.agent.keys_dir} belong to {self.keys.party_id!r}, "
                                   f"not to agent.id {self.agent_id!r}")
         self.trusted = {self.platform.party_id: self.platform}
+        own = self.keys.public_bundle()
+        self.key_ids = {"agent_signing": own.signing_key_id, "agent_encryption": own.encryption_key_id,
+                        "platform_signing": self.platform.signing_key_id,
+                        "platform_encryption": self.platform.encryption_key_id}
         self.transport = transport or open_transport(config.platform)
         self._store_factory = store_factory
         self._stores: dict[str, StoreAdapter] = {}

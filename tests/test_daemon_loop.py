@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ class FileRuntime:
     heartbeat_interval: float
     report_queue_max: int = 1 << 20
     metrics: MetricsSettings | None = None
+    key_ids: dict[str, str] = field(default_factory=lambda: {"agent_signing": "k1"})
 
     def subscriptions(self, ctx: RunContext) -> dict[str, Schedule]:
         config = json.loads((self.workdir / "config.json").read_text())
@@ -95,7 +96,8 @@ def load_runtime(workdir: Path) -> FileRuntime:
         raise ConfigLoadError(f"config.json: {exc}") from None
     state = workdir / "state"
     return FileRuntime(workdir, "school-1", config["digest"], state, state / "audit.log",
-                       config.get("poll", 0.3), config.get("heartbeat", 60))
+                       config.get("poll", 0.3), config.get("heartbeat", 60),
+                       key_ids={"agent_signing": config.get("key", "k1")})
 
 
 if __name__ == "__main__":
@@ -257,6 +259,18 @@ def test_sighup_reload_valid_and_invalid(agent: Agent) -> None:
     rejected = [e for e in audit if e["event"] == "config.reload_rejected"]
     assert reloaded[0]["config_digest"] == "digest-two" and reloaded[0]["previous"] == "digest-one"
     assert "config.json" in rejected[0]["error"] and rejected[0]["kept"] == "digest-two"
+
+
+def test_key_change_is_audited(agent: Agent) -> None:
+    agent.notify.wait_for("READY", "1")
+    _write_config(agent.workdir, "digest-one", ["alpha"], key="k2")
+    agent.proc.send_signal(signal.SIGHUP)
+    assert "reloaded" in agent.notify.wait_for("READY", "1")["STATUS"]
+    events = agent.audit_events()
+    loaded = [e for e in events if e["event"] == "keys.loaded"]
+    changed = [e for e in events if e["event"] == "keys.changed"]
+    assert loaded[0]["keys"] == {"agent_signing": "k1"}
+    assert changed[0]["keys"] == {"agent_signing": "k2"} and changed[0]["previous"] == {"agent_signing": "k1"}
 
 
 def test_second_instance_is_refused(agent: Agent, tmp_path: Path) -> None:
