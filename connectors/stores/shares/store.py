@@ -41,6 +41,7 @@ import os
 import pwd
 import re
 import shutil
+import sqlite3
 import stat
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -382,7 +383,16 @@ class ShareStore:
                 "removed": removed,
                 "position": {"sequence": package.sequence, "package_id": package.package_id},
             }
-            sub.state.commit_plan(package.package_id, plan)
+            try:
+                sub.state.commit_plan(package.package_id, plan)
+            except sqlite3.OperationalError as exc:
+                if "full" not in str(exc):
+                    raise
+                self._drop_staging(sub, plan["staging"])
+                raise DiskFullError(
+                    f"{dirname}: filesystem full while committing package {package.package_id}; "
+                    "the previous file set is intact"
+                ) from exc
             self._roll_forward(sub, plan)
             local = sub.state.position()
             assert local is not None
