@@ -388,7 +388,7 @@ class ShareStore:
             except sqlite3.OperationalError as exc:
                 if "full" not in str(exc):
                     raise
-                self._drop_staging(sub, plan["staging"])
+                self._drop_staging(sub, _staging_dirname(package.package_id))
                 raise DiskFullError(
                     f"{dirname}: filesystem full while committing package {package.package_id}; "
                     "the previous file set is intact"
