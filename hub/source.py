@@ -116,9 +116,29 @@ class TableReader:
         stmt = sa.select(*(self._col[c] for c in self.keys)).where(*self._filter(), *self._live())
         return self._stream(stmt)
 
-    def max_cursor(self) -> Any:
-        cursor_col = self.source.cursor
-        assert cursor_col is not None
-        stmt = sa.select(sa.func.max(self._col[cursor_col])).select_from(self.table).where(*self._filter())
+    def _key_range(self, lo: int | None, hi: int | None) -> list[sa.ColumnElement[bool]]:
+        (key,) = self.keys
+        conditions = []
+        if lo is not None:
+            conditions.append(self._col[key] >= lo)
+        if hi is not None:
+            conditions.append(self._col[key] < hi)
+        return conditions
+
+    def range_stats(self, lo: int | None, hi: int | None, modulus: int) -> tuple[int, int]:
+        """(count, sum of key % modulus) of live rows with an integer key in [lo, hi): a range digest."""
+        (key,) = self.keys
+        stmt = (
+            sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(self._col[key] % modulus), 0))
+            .select_from(self.table)
+            .where(*self._filter(), *self._live(), *self._key_range(lo, hi))
+        )
         with self.engine.connect() as conn:
-            return conn.execute(stmt).scalar_one()
+            count, total = conn.execute(stmt).one()
+        return int(count), int(total)
+
+    def rows_in_range(self, lo: int | None, hi: int | None) -> Iterator[Sequence[Any]]:
+        stmt = sa.select(*(self._col[c] for c in self.columns)).where(
+            *self._filter(), *self._live(), *self._key_range(lo, hi)
+        )
+        return self._stream(stmt)

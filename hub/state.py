@@ -25,7 +25,13 @@ from typing import Any
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS blobs (k TEXT PRIMARY KEY, v BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS rows (key TEXT PRIMARY KEY, line TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rows (
+    key TEXT PRIMARY KEY,
+    line TEXT NOT NULL,
+    -- the key as an integer when the primary key is one integer column ('"42"' -> 42)
+    ikey INTEGER GENERATED ALWAYS AS (CAST(substr(key, 2, length(key) - 2) AS INTEGER)) VIRTUAL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS rows_ikey ON rows (ikey);
 CREATE TABLE IF NOT EXISTS files (
     path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, sha256 TEXT NOT NULL
 ) WITHOUT ROWID;

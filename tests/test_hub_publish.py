@@ -136,12 +136,9 @@ def test_cursorless_source_uses_full_diff(tmp_path: Path, sqlite_url: str) -> No
 
 
 def test_insert_behind_the_cursor_is_still_found(tmp_path: Path, sqlite_url: str) -> None:
-    """A row inserted with an old cursor value is caught by the key reconciliation.
-
-    (Detection rests on the live-row count: an insert behind the cursor in the same publish
-    interval as a delete cancels out in the count — docs/hub.md lists this limit; `--snapshot`
-    or a cursor-less subscription is the remedy for sources that do not maintain the cursor.)
-    """
+    """A row inserted with an old cursor value is caught by the key-range reconciliation,
+    even when a delete in the same interval leaves the row count unchanged: with an integer key
+    the range digest is (count, sum of keys)."""
     hub, engine, table = _setup(tmp_path, sqlite_url)
     agent = ReplayAgent(hub, "school-1")
     with engine.begin() as conn:
@@ -149,7 +146,26 @@ def test_insert_behind_the_cursor_is_still_found(tmp_path: Path, sqlite_url: str
     hub.publish()
     with engine.begin() as conn:
         conn.execute(table.insert(), [_row(50, "2020-01-01 00:00:00")])
+        conn.execute(table.delete().where(table.c.ID == 1))
     hub.publish()
     agent.catch_up()
     assert agent.table() == source_state(sqlite_url)
+    engine.dispose()
+
+
+def test_deletes_found_by_key_ranges(tmp_path: Path, db_url: str) -> None:
+    """Scattered deletes in a table larger than one range are narrowed by range digests."""
+    hub, engine, table = _setup(tmp_path, db_url)
+    agent = ReplayAgent(hub, "school-1")
+    with engine.begin() as conn:
+        conn.execute(table.insert(), [_row(i, "2026-01-01 08:00:00") for i in range(1, 10001)])
+    hub.publish()
+    with engine.begin() as conn:
+        conn.execute(table.delete().where(table.c.ID.in_([1, 2, 4999, 5000, 9999, 10000])))
+        conn.execute(table.insert(), [_row(20000, "2026-01-01 07:00:00")])  # behind the cursor
+    hub.publish()
+    assert agent.catch_up() == 2
+    assert agent.headers[-1].counts["rows_deleted"] == 6
+    assert agent.headers[-1].counts["rows_upserted"] == 1
+    assert agent.table() == source_state(db_url)
     engine.dispose()
