@@ -30,7 +30,7 @@ import structlog
 from agent.audit import AuditTrail
 from agent.metrics import AgentMetrics, MetricsServer
 from agent.notify import Notifier
-from agent.reports import QueuedReport, ReportBuilder, ReportQueue
+from agent.reports import QueuedReport, ReportBuilder, ReportQueue, error_code
 from agent.scheduling import Schedule, Scheduler
 from agent.state import State, StateLock
 
@@ -265,7 +265,8 @@ class Daemon:
         except Exception as exc:  # one subscription never takes the others down
             log.exception("subscription.failed", subscription=sub)
             self.state.record_error(sub, f"{type(exc).__name__}: {exc}")
-            self.queue.put(self.reports.error(subscription_id=sub, code="internal", message=str(exc)))
+            self.queue.put(self.reports.error(subscription_id=sub, code=error_code(exc),
+                                              message=f"{type(exc).__name__}: {exc}"))
         finally:
             self.scheduler.finish(sub, ok)
         if ok:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -38,6 +39,15 @@ HEADER_KIND = {
     "deletion_receipt": "receipt",
     "request": "request",
 }
+
+
+def error_code(exc: BaseException) -> str:
+    """A stable snake_case code for an error document: ``exc.code`` or the exception's class name."""
+    explicit = getattr(exc, "code", None)
+    if isinstance(explicit, str) and explicit:
+        return explicit
+    name = type(exc).__name__.removesuffix("Error")
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower() or "error"
 
 
 def rfc3339(ts: float | None) -> str | None:

@@ -12,14 +12,13 @@ import os
 from typing import Any, BinaryIO
 
 from agent.config import AgentConfig, DirectoryTarget, TableTarget, Target
+from agent.reports import error_code
 from agent.sync import Applied, Position, Purged, StoreAdapter, StoreRejected, SubscriptionEntry, Verified
 from protocol.header import PackageHeader
 
 
 def _code(exc: BaseException) -> str:
-    from agent.sync import _error_code
-
-    return _error_code(exc)
+    return error_code(exc)
 
 
 class ShareAdapter:

@@ -22,7 +22,6 @@ import hashlib
 import io
 import json
 import os
-import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -34,7 +33,7 @@ import structlog
 
 from agent.config import AgentConfig, ConfigError, Target, UnmappedSubscription, load_config
 from agent.daemon import ConfigLoadError, MetricsSettings, RunContext
-from agent.reports import QueuedReport, rfc3339
+from agent.reports import QueuedReport, error_code, rfc3339
 from agent.scheduling import Schedule, ScheduleError
 from agent.state import State
 from connectors.transports import Transport, TransportError, open_transport
@@ -195,14 +194,6 @@ class _ProgressReader(io.RawIOBase):
         data = self._inner.read(len(buffer))
         buffer[: len(data)] = data
         return len(data)
-
-
-def _error_code(exc: BaseException) -> str:
-    explicit = getattr(exc, "code", None)
-    if isinstance(explicit, str) and explicit:
-        return explicit
-    name = type(exc).__name__.removesuffix("Error")
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower() or "error"
 
 
 class AgentRuntime:
@@ -366,6 +357,9 @@ class AgentRuntime:
                 continue
             position = store.position()
         self._mirror_position(state, subscription_id, position)
+        if ok and not ctx.stop_requested():
+            state.update_subscription(subscription_id, last_success=time.time(), last_error=None,
+                                      held_gap=None)
         return ok
 
     def _mirror_position(self, state: State, sub_id: str, position: Position) -> None:
@@ -480,7 +474,7 @@ class AgentRuntime:
     def _quarantine(self, directory: str, name: PackageName, exc: BaseException, sub_id: str | None,
                     ctx: RunContext, header: PackageHeader | None = None) -> None:
         header = header or getattr(exc, "header", None)
-        code = _error_code(exc)
+        code = error_code(exc)
         reason = f"{type(exc).__name__}: {exc}"
         self.quarantine_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         target = self.quarantine_dir / name.filename
