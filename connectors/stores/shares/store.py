@@ -372,10 +372,11 @@ class ShareStore:
                     f"applying the manifest to {manifest.base_digest or 'nothing'} gives file-set digest "
                     f"{predicted}, the signed header expects {manifest.expected_digest}"
                 )
-            to_write = [e for e in manifest.entries if current.get(e.path) != e]
+            intact = self._intact(sub, [e for e in manifest.entries if current.get(e.path) == e])
+            to_write = [e for e in manifest.entries if e.path not in intact]
             self._preflight(sub, to_write, removed)
             self._check_space(sub, to_write)
-            writes, stats = self._stage(sub, package, PayloadReader(plaintext), current)
+            writes, stats = self._stage(sub, package, PayloadReader(plaintext), intact)
             plan = {
                 "snapshot": manifest.is_snapshot,
                 "staging": _staging_dirname(package.package_id),
@@ -425,6 +426,31 @@ class ShareStore:
             )
             return result
 
+    @staticmethod
+    def _intact(sub: _Subscription, unchanged: list[ManifestEntry]) -> set[str]:
+        """Paths the package leaves as they are and that are on disk exactly as the agent wrote them.
+
+        A file edited locally (its size, inode or mtime moved) is rewritten even if the
+        package repeats the indexed content: that is how a resend repairs drift.
+        """
+        intact: set[str] = set()
+        with fsops.DirTree(sub.fd) as tree:
+            for entry in unchanged:
+                known = sub.state.lookup(entry.path)
+                try:
+                    parent_fd, name = tree.parent_of(entry.path, create=False)
+                except UnsafeDestinationError:
+                    continue
+                st = fsops.lstat_at(parent_fd, name) if parent_fd is not None else None
+                if (
+                    known is not None
+                    and st is not None
+                    and stat.S_ISREG(st.st_mode)
+                    and (st.st_size, st.st_ino, st.st_mtime_ns) == (known.size, known.ino, known.mtime_ns)
+                ):
+                    intact.add(entry.path)
+        return intact
+
     def _preflight(self, sub: _Subscription, to_write: list[ManifestEntry], removed: list[str]) -> None:
         """Refuse, before writing, any destination where a symlink or a non-directory is in the way."""
         with fsops.DirTree(sub.fd) as tree:
@@ -456,7 +482,7 @@ class ShareStore:
         sub: _Subscription,
         package: FilesPackage,
         reader: PayloadReader,
-        current: Mapping[str, ManifestEntry],
+        intact: set[str],
     ) -> tuple[list[list[Any]], dict[str, int]]:
         """Stream new content into the private staging directory; (plan writes, stats)."""
         name = _staging_dirname(package.package_id)
@@ -478,7 +504,7 @@ class ShareStore:
             for leftover in (n for n in present if n.endswith(PART_SUFFIX)):
                 os.unlink(leftover, dir_fd=pkg_fd)
             for index, entry in enumerate(package.manifest.entries):
-                if current.get(entry.path) == entry:
+                if entry.path in intact:
                     self._consume(reader, entry)
                     writes.append([None, entry.path, entry.size, entry.sha256])
                     continue
