@@ -410,3 +410,70 @@ def test_open_transport_maps_the_platform_section(sshd: SshdServer, sftp_account
         results = transport.check()
     assert all(r.ok for r in results), results
     assert "matches the pinned key" in results[0].detail
+
+
+@pytest.fixture
+def tiny_outbox(sftp_account: Account) -> Iterator[Path]:
+    """The agent's outbox on a 1 MiB filesystem: the server's writes fail with ENOSPC."""
+    import subprocess
+
+    outbox = sftp_account.path("outbox")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m,mode=2770", "edu-test-outbox", str(outbox)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+    try:
+        stat_before = sftp_account.path().stat()
+        os.chown(outbox, pwd_uid(sftp_account.user), stat_before.st_gid)
+        yield outbox
+    finally:
+        subprocess.run(["umount", str(outbox)], check=False)
+
+
+def pwd_uid(user: str) -> int:
+    import pwd
+
+    return pwd.getpwnam(user).pw_uid
+
+
+def test_failed_server_writes_never_become_a_file(
+    sshd: SshdServer, sftp_account: Account, tiny_outbox: Path, tmp_path: Path
+) -> None:
+    """Every pipelined WRITE's status is checked: a full disk on the platform is an error, and no
+    truncated report appears under its final name."""
+    local = tmp_path / "report"
+    local.write_bytes(os.urandom(4 * 1024 * 1024))
+    with SftpTransport(settings(sshd, sftp_account), sleep=SleepRecorder()) as transport:
+        with pytest.raises(TransportError, match="put outbox/report"):
+            transport.put(local, "outbox/report")
+        assert transport.listdir("outbox") == []
+    assert not (tiny_outbox / "report").exists()
+    assert os.listdir(tiny_outbox) == []  # the temporary was removed too
+
+
+def test_file_replaced_between_attempts_is_fetched_afresh(
+    sshd: SshdServer, sftp_account: Account, tmp_path: Path
+) -> None:
+    """Resuming is only sound onto the same file: if it changed on the server while the
+    connection was down, the download starts over instead of splicing two files."""
+    path, _ = _big_file(sftp_account, "p", 24)  # more than the reads in flight (8 MiB)
+    replacement = os.urandom(24 * 1024 * 1024)
+    done_once: list[int] = []
+
+    def replace_and_drop(done: int, _total: int) -> None:
+        if not done_once and done >= 2 * 1024 * 1024:
+            done_once.append(done)
+            tmp = path.with_name(".p.new")
+            tmp.write_bytes(replacement)
+            os.utime(tmp, (time.time() + 100, time.time() + 100))
+            os.replace(tmp, path)
+            sshd.drop_connections()
+
+    with SftpTransport(settings(sshd, sftp_account), sleep=SleepRecorder(real=True)) as transport:
+        transport.fetch("inbox/p", tmp_path / "p", replace_and_drop)
+        assert transport.connections == 2
+    assert (tmp_path / "p").read_bytes() == replacement

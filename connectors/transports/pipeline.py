@@ -1,22 +1,37 @@
-"""Pipelined SFTP reads: a sliding window of large READ requests in flight, answers consumed in
-file order, in the caller's thread.
+"""Pipelined SFTP transfers: a sliding window of large READ or WRITE requests in flight, every
+answer checked, in the caller's thread.
 
-paramiko's own ``prefetch`` starts a background thread per file that dies noisily when the
-connection breaks, polls with sleeps, and falls back to one-at-a-time reads after a short
-answer. This reader keeps at most ``depth`` requests (``depth * request_size`` bytes) in flight,
-asks again for the rest of a short answer and shrinks its request size to what the server
-delivers, and raises in the caller, where the retry logic is. It uses paramiko's request/
-response primitives (``_async_request``/``_read_response``, the ones ``SFTPFile`` is built on).
+Why not paramiko's own: its ``prefetch`` starts a background thread per file that dies noisily
+when the connection breaks, polls with sleeps, and falls back to one-at-a-time reads after a
+short answer; and its pipelined writes never look at the WRITE statuses (nor at CLOSE's), so a
+full disk on the server silently yields a truncated file. Here at most ``depth`` requests
+(``depth * request_size`` bytes) are in flight; a short read is completed and the request size
+adapts; a failed WRITE, fsync or CLOSE raises. Built on paramiko's request/response primitives
+(``_async_request``/``_read_response``, the ones ``SFTPFile`` itself uses).
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, BinaryIO
 
 import paramiko
-from paramiko.sftp import CMD_DATA, CMD_READ, CMD_STATUS, int64
+from paramiko.sftp import (
+    CMD_CLOSE,
+    CMD_DATA,
+    CMD_EXTENDED,
+    CMD_HANDLE,
+    CMD_OPEN,
+    CMD_READ,
+    CMD_STATUS,
+    CMD_WRITE,
+    SFTP_FLAG_CREATE,
+    SFTP_FLAG_EXCL,
+    SFTP_FLAG_WRITE,
+    int64,
+)
+from paramiko.sftp_attr import SFTPAttributes
 
 
 class ShrunkError(Exception):
@@ -80,3 +95,59 @@ def read_range(
                 data = answer(request(at + got, length - got), at + got)
                 yield data
                 got += len(data)
+
+
+def upload(
+    sftp: paramiko.SFTPClient, path: str, source: BinaryIO, request_size: int, depth: int, mode: int = 0o640
+) -> int:
+    """Create ``path`` (it must not exist), write all of ``source`` into it, have the server
+    fsync it where it can, and close it — each step's answer checked. Returns the bytes written."""
+    client: Any = sftp
+    attrs = SFTPAttributes()
+    attrs.st_mode = mode
+    kind, msg = client._request(CMD_OPEN, path, SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_EXCL, attrs)
+    if kind != CMD_HANDLE:
+        raise paramiko.SFTPError(f"OPEN {path}: unexpected answer type {kind}")
+    handle: bytes = msg.get_binary()
+    answers = _Answers()
+    in_flight: deque[tuple[int, int]] = deque()  # (request number, offset)
+
+    def settle(number: int, at: int) -> None:
+        while number not in answers.by_number:
+            client._read_response()
+        kind, msg = answers.by_number.pop(number)
+        if kind != CMD_STATUS:
+            raise paramiko.SFTPError(f"WRITE at {at}: unexpected answer type {kind}")
+        client._convert_status(msg)  # raises OSError on a failed write
+
+    offset = 0
+    failed = True
+    try:
+        while block := source.read(request_size):
+            if len(in_flight) >= depth:
+                settle(*in_flight.popleft())
+            number = client._async_request(answers, CMD_WRITE, handle, int64(offset), block)
+            in_flight.append((number, offset))
+            offset += len(block)
+        while in_flight:
+            settle(*in_flight.popleft())
+        _fsync(client, handle)
+        failed = False
+    finally:
+        # Closed after a failure too (or the handle leaks on the server); then the failure in
+        # flight is the one to report, not a second one from CLOSE.
+        try:
+            client._request(CMD_CLOSE, handle)
+        except Exception:
+            if not failed:
+                raise
+    return offset
+
+
+def _fsync(client: Any, handle: bytes) -> None:
+    """Ask the server to flush the file to disk (OpenSSH's fsync@openssh.com), where supported."""
+    try:
+        client._request(CMD_EXTENDED, "fsync@openssh.com", handle)
+    except OSError as exc:
+        if "unsupported" not in str(exc).lower():
+            raise

@@ -47,7 +47,7 @@ from connectors.transports.base import (
     remote_path,
     temporary_name,
 )
-from connectors.transports.pipeline import ShrunkError, read_range
+from connectors.transports.pipeline import ShrunkError, read_range, upload
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -55,7 +55,6 @@ T = TypeVar("T")
 # OpenSSH's sftp-server answers reads of up to 256 KiB - 1 KiB (SFTP_MAX_READ_LENGTH); a server
 # with a lower limit answers short and the reader adapts (connectors/transports/pipeline.py).
 MAX_REQUEST_SIZE = 255 * 1024
-_LOCAL_BLOCK = 1024 * 1024
 # Prefer AES-GCM (AES-NI, one pass for cipher and MAC), then CTR; never CBC or 3DES.
 _CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr", "aes256-ctr")
 
@@ -298,11 +297,12 @@ class SftpTransport(Transport):
     def fetch(self, remote: str, local: Path, progress: Progress | None = None) -> int:
         path = self._abs(remote)
         backoff = Backoff(self.settings.retry, sleep=self._sleep)
+        first_seen: list[tuple[int, int]] = []  # (size, mtime) at the first attempt
 
         def run(sftp: paramiko.SFTPClient) -> int:
             before = partial_size(local)
             try:
-                return self._fetch_once(sftp, path, remote, local, progress)
+                return self._fetch_once(sftp, path, remote, local, progress, first_seen)
             finally:
                 if partial_size(local) > before:
                     backoff.reset()  # progress: the next stall gets the full set of retries
@@ -314,13 +314,25 @@ class SftpTransport(Transport):
         return size
 
     def _fetch_once(
-        self, sftp: paramiko.SFTPClient, path: str, remote: str, local: Path, progress: Progress | None
+        self,
+        sftp: paramiko.SFTPClient,
+        path: str,
+        remote: str,
+        local: Path,
+        progress: Progress | None,
+        first_seen: list[tuple[int, int]],
     ) -> int:
         with _closing(sftp.open(path, "rb")) as handle:
-            size = handle.stat().st_size or 0
+            attrs = handle.stat()
+            size = attrs.st_size or 0
+            seen = (size, attrs.st_mtime or 0)
             offset = partial_size(local)
-            if offset > size:  # not a prefix of this file: start over
-                local.unlink()
+            replaced = bool(first_seen) and first_seen[0] != seen
+            if replaced:
+                log.warning("sftp.replaced", file=remote, before=first_seen[0], now=seen)
+            first_seen[:] = [seen]
+            if offset > size or replaced:  # what we have is not a prefix of this file: start over
+                local.unlink(missing_ok=True)
                 offset = 0
             try:
                 out = local.open("ab")  # created even for an empty file
@@ -397,12 +409,11 @@ class SftpTransport(Transport):
             src = local.open("rb")
         except OSError as exc:
             raise LocalFileError(f"put: cannot read {local}: {exc.strerror}") from exc
-        with src, _closing(sftp.open(tmp, "wb")) as handle:
-            handle.MAX_REQUEST_SIZE = self.settings.request_size
-            handle.set_pipelined(True)
-            while block := src.read(_LOCAL_BLOCK):
-                handle.write(block)
-        # close() above collected every pipelined write's status: the data is on the server.
+        with src:
+            written = upload(sftp, tmp, src, self.settings.request_size, self.settings.prefetch_requests)
+        stored = sftp.stat(tmp).st_size
+        if stored != written:
+            raise TransportError(f"put: the server stored {stored} of {written} bytes of {tmp}")
 
     def check(self) -> list[CheckResult]:
         results: list[CheckResult] = []
