@@ -19,6 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from connectors.stores.shares.fileset import fileset_summary
 from connectors.stores.shares.manifest import Manifest, ManifestEntry, build_manifest
 from hub.catalog import Subscription
 from hub.state import PublishState
@@ -75,6 +76,7 @@ def hash_file(path: Path) -> tuple[int, str]:
 class FileChange:
     manifest: Manifest
     root: Path
+    summary: dict[str, Any]  # fileset_summary of the resulting set: the header's expected_state
 
     @property
     def empty(self) -> bool:
@@ -151,8 +153,8 @@ class FileCapture:
         )
         self.state.put("files_initialised", True)
         self.state.put("fileset_digest", manifest.expected_digest)
-        return FileChange(manifest, self.root)
+        return FileChange(manifest, self.root, fileset_summary(current))
 
     def snapshot_from_state(self) -> FileChange:
         entries = [ManifestEntry(p, s, h) for p, (s, _m, h) in self._published().items()]
-        return FileChange(build_manifest(entries, None), self.root)
+        return FileChange(build_manifest(entries, None), self.root, fileset_summary(entries))

@@ -341,7 +341,7 @@ class Publisher:
                 catalog=sub.catalog.header_fields(),
                 schema=[],
                 counts={"files": len(manifest.entries), "files_removed": len(manifest.removed)},
-                expected_state={"digest": manifest.expected_digest, "files": manifest.file_count},
+                expected_state=chosen.summary,
                 manifest=manifest.to_json(),
                 directory=INBOX,
             )

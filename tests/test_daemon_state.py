@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -55,10 +56,10 @@ def test_lock_keeps_a_second_instance_out(tmp_path: Path) -> None:
     other = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True)
     assert other.returncode == 3, other.stderr
     assert "in use by another edu-agent" in other.stdout
-    import os
-
     assert f"pid {os.getpid()}" in other.stdout
+    assert StateLock(tmp_path).holder() == os.getpid()
     lock.release()
+    assert StateLock(tmp_path).holder() is None
     again = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True)
     assert again.returncode == 0
     with pytest.raises(StateLocked):

@@ -310,7 +310,7 @@ def test_unmapped_subscription_is_reported_not_guessed(site: Site) -> None:
     _write(source / "1.txt", "1\n")
     site.add_file_subscription("files", source)
     site.publish()
-    site.write_config(**{"  default_share: main\n": ""})
+    site.write_config(**{"subscriptions:\n  default_share: main\n": ""})
     assert site.run_once() == 1
     assert not (site.share / "files").exists()
     errors = [d for d in site.outbox_documents() if d["type"] == "error"]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from datetime import datetime, timezone
 from typing import Any
 
@@ -16,7 +15,7 @@ from agent import exitcodes
 from agent.audit import AuditTrail
 from agent.config import load_config
 from agent.reports import ReportQueue, rfc3339
-from agent.state import LOCK_NAME, State
+from agent.state import State, StateLock
 from agent.sync import subscription_view
 
 
@@ -44,7 +43,7 @@ def collect(config_path: str) -> dict[str, Any]:
     return {
         "agent_id": config.agent.id,
         "state_dir": str(state_dir),
-        "running_pid": _running_pid(state_dir / LOCK_NAME),
+        "running_pid": StateLock(state_dir).holder(),
         "config_digest": config_digest,
         "audit_head": AuditTrail(config.audit_path).head().as_dict() if config.audit_path.exists() else None,
         "report_queue": {"documents": len(queue) if queue else 0, "bytes": queue.size() if queue else 0},
@@ -52,23 +51,6 @@ def collect(config_path: str) -> dict[str, Any]:
         "quarantine": [{k: q[k] for k in ("subscription_id", "package_name", "sequence", "reason", "path")}
                        | {"at": rfc3339(q["at"])} for q in quarantine],
     }
-
-
-def _running_pid(lock_path: Any) -> int | None:
-    """The pid written into the lock file, if that process is alive."""
-    try:
-        pid = int(lock_path.read_text().strip() or 0)
-    except (OSError, ValueError):
-        return None
-    if pid <= 0:
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        return pid
-    return pid
 
 
 def run(args: argparse.Namespace) -> int:
