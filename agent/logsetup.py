@@ -1,8 +1,8 @@
 """Logging for the agent: one structlog pipeline for our own logs and for stdlib loggers.
 
 Why this shape:
-* Under systemd, stdout goes to the journal. Each line is one JSON object prefixed with
-  the sd-daemon(3) priority ``<N>``, so journald keeps the level (``journalctl -p err``
+* Under systemd, stdout and stderr go to the journal. Each line is one JSON object prefixed
+  with the sd-daemon(3) priority ``<N>``, so journald keeps the level (``journalctl -p err``
   works) and the JSON stays machine-readable. On a terminal, a readable console format.
 * paramiko and SQLAlchemy log through stdlib ``logging``; their records go through the same
   formatter (structlog's ProcessorFormatter), so they get the same format and redaction.
@@ -132,8 +132,8 @@ def _isatty(stream: TextIO) -> bool:
 def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
     """Install the pipeline (again: safe to call on reload or per test).
 
-    ``stream`` defaults to stdout (the journal under systemd); CLI commands that print
-    results on stdout pass stderr.
+    ``stream`` defaults to stdout; the CLI passes stderr so that stdout stays the command's
+    own output (under systemd both streams reach the journal, where ``<N>`` sets the level).
     """
     if level not in LEVELS:
         raise ValueError(f"log level must be one of {', '.join(LEVELS)}")
