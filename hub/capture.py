@@ -203,8 +203,7 @@ class TableCapture:
         best: Any = None
         batch: list[tuple[str, str]] = []
         for values in self.reader.rows():
-            line = self.codec.line(values)
-            key = self.codec.key(values)
+            key, line = self.codec.encode(values)
             batch.append((key, line))
             spool.upsert(line)
             digest.add(key, line)
@@ -243,14 +242,13 @@ class TableCapture:
         rows = self.reader.changed_since(last) if last is not None else self._all_as_changed()
         for values, soft_deleted in rows:
             best = self._bump(best, values)
-            key = self.codec.key(values)
+            key, line = self.codec.encode(values)
             found = self.db.execute("SELECT line FROM rows WHERE key = ?", (key,)).fetchone()
             old = None if found is None else found[0]
             if soft_deleted:
                 if old is not None:
                     self._delete(spool, digest, key, old)
                 continue
-            line = self.codec.line(values)
             if old == line:
                 continue  # already published: shares the last cursor value, or only unsent columns changed
             self.db.execute(
@@ -388,7 +386,7 @@ class TableCapture:
         def staged() -> Iterator[tuple[str, str]]:
             for values in source_rows:
                 best[0] = self._bump(best[0], values)
-                yield self.codec.key(values), self.codec.line(values)
+                yield self.codec.encode(values)
 
         self._stage("seen", ["key", "line"], staged())
         self._delete_missing_from("seen", spool, digest, scope)

@@ -7,7 +7,7 @@ the same bytes with the same code.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from hub.catalog import Column
@@ -23,19 +23,17 @@ class RowCodec:
         self.key_positions = [i for i, c in enumerate(self.columns) if c.primary_key]
         self.key_columns = [self.columns[i] for i in self.key_positions]
         self.width = len(self.columns)
+        self._converters = [_converter(c) for c in self.columns]
 
     def values(self, row: Sequence[Any]) -> list[str | None]:
-        return [canonical.canonicalize(v, c) for v, c in zip(row, self.columns, strict=True)]
+        return [convert(v) for convert, v in zip(self._converters, row, strict=True)]
 
-    def line(self, row: Sequence[Any]) -> str:
-        """The canonical encoding of the row (no op, no terminator): what row digests hash."""
-        return canonical.encode_values(self.values(row))
+    def encode(self, row: Sequence[Any]) -> tuple[str, str]:
+        """(canonical key, canonical line) of a source row, each value canonicalised once."""
+        values = self.values(row)
+        key = canonical.encode_values([values[i] for i in self.key_positions])
+        return key, canonical.encode_values(values)
 
-    def key(self, row: Sequence[Any]) -> str:
-        """The canonical encoding of the row's primary-key values."""
-        return canonical.encode_values(
-            [canonical.canonicalize(row[i], self.columns[i]) for i in self.key_positions]
-        )
 
     def key_of(self, key_values: Sequence[Any]) -> str:
         """The same key from a keys-only query."""
@@ -67,6 +65,21 @@ class RowCodec:
             }
             for c in self.columns
         ]
+
+
+def _converter(column: canonical.ColumnSpec) -> Callable[[Any], str | None]:
+    """canonicalize() for one column, with the identity shortcut for variable-length text.
+
+    A driver's ``str`` for a VARCHAR column is already canonical (canonicalize returns it
+    unchanged); every other value goes through the shared code.
+    """
+    if column.type.family == canonical.Family.TEXT and not column.type.fixed:
+
+        def text(value: Any) -> str | None:
+            return value if type(value) is str else canonical.canonicalize(value, column)
+
+        return text
+    return lambda value: canonical.canonicalize(value, column)
 
 
 class StateDigest:
