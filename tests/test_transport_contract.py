@@ -27,6 +27,7 @@ from connectors.transports import (
     Transport,
     TransportError,
 )
+from protocol.layout import is_temp_name, temp_name
 
 FAST_RETRY = RetryPolicy(attempts=3, initial=0.05, maximum=0.2)
 
@@ -78,7 +79,7 @@ def _payload(size: int, seed: int = 1) -> bytes:
 def test_listdir_shows_complete_regular_files_sorted(env: Env) -> None:
     env.hub_write("inbox/b.pkg", b"bb")
     env.hub_write("inbox/a.pkg", b"a" * 1000)
-    (env.exchange / "inbox" / ".c.pkg.part").write_bytes(b"partial")  # a writer's temporary
+    (env.exchange / "inbox" / temp_name("c.pkg")).write_bytes(b"partial")  # a writer's temporary
     (env.exchange / "inbox" / "subdir").mkdir()
     (env.exchange / "inbox" / "link").symlink_to("a.pkg")
     entries = env.transport.listdir("inbox")
@@ -196,7 +197,7 @@ def test_put_is_atomic_while_in_progress(env: Env, tmp_path: Path) -> None:
         while not os.listdir(outbox) and time.monotonic() < deadline:
             time.sleep(0.01)
         names = os.listdir(outbox)
-        assert len(names) == 1 and names[0].startswith(".report.bin."), names
+        assert len(names) == 1 and is_temp_name(names[0]) and names[0].startswith(".report.bin."), names
         assert not (outbox / "report.bin").exists()
         writer.write(rest)
     uploader.join(30)

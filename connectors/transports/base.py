@@ -9,12 +9,13 @@ reader never sees a partial file.
 from __future__ import annotations
 
 import re
-import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from types import TracebackType
+
+from protocol.layout import temp_name
 
 # A control file (subscription list, keys, revocations) is small; a bigger one is refused
 # rather than read into memory.
@@ -82,8 +83,9 @@ def is_listed(name: str) -> bool:
 
 
 def temporary_name(path: PurePosixPath) -> PurePosixPath:
-    """Where an upload is written before its rename: a dot name beside the target, unique per try."""
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.part")
+    """Where an upload is written before its rename: the protocol's temporary name beside the
+    target (``.<name>.<random>.tmp``, unique per try), which every reader skips."""
+    return path.with_name(temp_name(path.name))
 
 
 def partial_size(local: Path) -> int:

@@ -437,7 +437,7 @@ class SftpTransport(Transport):
                 results.append(CheckResult(f"{self.description} {directory}/", True, f"{count} files"))
             except TransportError as exc:
                 results.append(CheckResult(f"{self.description} {directory}/", False, str(exc)))
-        probe = self._abs(str(temporary_name(PurePosixPath("outbox/.check"))))
+        probe = self._abs(str(temporary_name(PurePosixPath("outbox/edu-agent-check"))))
         try:
             sftp = self._client()
             with sftp.open(probe, "wb") as handle:
