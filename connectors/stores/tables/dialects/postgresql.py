@@ -1,0 +1,163 @@
+"""PostgreSQL (and Kingbase, which speaks its protocol): COPY fast paths, transactional DDL.
+
+Snapshots COPY the payload's canonical CSV straight into the staging table (the payload
+*is* COPY's CSV). Deltas COPY into a temporary staging table, read the rows about to be
+replaced with one join, then run one ``INSERT ... ON CONFLICT DO UPDATE`` and one
+``DELETE ... USING``.
+"""
+
+# ruff: noqa: S608 - SQL text holds only identifiers quoted by the dialect's preparer; values are bound
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
+from sqlalchemy.engine import Connection
+
+from connectors.stores.tables.dialects.base import Batch, Binder, DeltaApplier, SnapshotLoader, SqlDialect
+from protocol.canonical import ColumnSpec, ColumnType, Family
+
+_COPY_BUFFER = 1 << 20
+_DELTA_TABLE = "edu_sync_delta"
+
+
+class PostgreSQLDialect(SqlDialect):
+    name = "postgresql"
+
+    def column_type(self, ctype: ColumnType) -> sa.types.TypeEngine[Any]:
+        family = ctype.family
+        if family is Family.TEXT:
+            if ctype.length is None:
+                return sa.types.TEXT()
+            return sa.types.CHAR(ctype.length) if ctype.fixed else sa.types.VARCHAR(ctype.length)
+        if family is Family.INTEGER:
+            if ctype.int_min >= -(2**15) and ctype.int_max < 2**15:
+                return sa.types.SMALLINT()
+            if ctype.int_min >= -(2**31) and ctype.int_max < 2**31:
+                return sa.types.INTEGER()
+            if ctype.int_max < 2**63:
+                return sa.types.BIGINT()
+            return sa.types.NUMERIC(20, 0)
+        if family is Family.DECIMAL:
+            if ctype.precision is None:
+                return sa.types.NUMERIC()
+            return sa.types.NUMERIC(ctype.precision, ctype.scale)
+        if family is Family.FLOAT:
+            return pg.DOUBLE_PRECISION()
+        if family is Family.DATE:
+            return sa.types.DATE()
+        if family is Family.TIMESTAMP:
+            return pg.TIMESTAMP(precision=ctype.fraction)
+        if family is Family.TIMESTAMPTZ:
+            return pg.TIMESTAMP(timezone=True, precision=ctype.fraction)
+        if family is Family.BINARY:
+            return pg.BYTEA()
+        return sa.types.BOOLEAN()
+
+    def binder(self, ctype: ColumnType) -> Binder | None:
+        return None  # COPY reads every canonical form as is
+
+    def on_connect(self, dbapi_connection: Any) -> None:
+        with dbapi_connection.cursor() as cur:
+            cur.execute("SET client_encoding = 'UTF8'")
+            cur.execute("SET TIME ZONE 'UTC'")
+            cur.execute("SET datestyle = 'ISO, YMD'")
+            cur.execute("SET bytea_output = 'hex'")
+            cur.execute("SET extra_float_digits = 1")
+        dbapi_connection.commit()
+
+    def snapshot_loader(self, conn: Connection, table: str, columns: Sequence[ColumnSpec]) -> SnapshotLoader:
+        return _CopyLoader(
+            conn, f"COPY {self.quote(table)} ({self.column_list(columns)}) FROM STDIN (FORMAT csv)"
+        )
+
+    def delta_applier(self, conn: Connection, table: str, columns: Sequence[ColumnSpec]) -> DeltaApplier:
+        return _Delta(self, conn, table, columns)
+
+
+class _CopyLoader(SnapshotLoader):
+    """Canonical records are COPY's CSV: write each record's raw text, no per-value work."""
+
+    def __init__(self, conn: Connection, sql: str) -> None:
+        self.cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        self.context = self.cursor.copy(sql)
+        self.copy = self.context.__enter__()
+        self.open = True
+
+    def load(self, batch: Batch) -> None:
+        self.copy.write("\n".join([r.raw for r in batch.records]) + "\n")
+
+    def close(self) -> None:
+        self.open = False
+        self.context.__exit__(None, None, None)
+
+    def abort(self, exc: BaseException) -> None:
+        if self.open:
+            self.open = False
+            # the original error is what matters; the caller rolls back
+            with contextlib.suppress(Exception):
+                self.context.__exit__(type(exc), exc, exc.__traceback__)
+
+
+class _DeltaCopyLoader(_CopyLoader):
+    def load(self, batch: Batch) -> None:
+        self.copy.write("".join([f"{r.op},{r.raw}\n" for r in batch.records]))
+
+
+class _Delta(DeltaApplier):
+    def __init__(
+        self, dialect: PostgreSQLDialect, conn: Connection, table: str, columns: Sequence[ColumnSpec]
+    ) -> None:
+        self.dialect, self.conn, self.table, self.columns = dialect, conn, table, columns
+        self.keys = [c for c in columns if c.primary_key]
+        q = dialect.quote
+        staged = sa.Table(
+            _DELTA_TABLE,
+            sa.MetaData(),
+            sa.Column("op", sa.types.CHAR(1)),
+            *(sa.Column(c.name, dialect.column_type(c.type)) for c in columns),
+            prefixes=["TEMPORARY"],
+            postgresql_on_commit="DROP",
+        )
+        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {q(_DELTA_TABLE)}", ())
+        conn.exec_driver_sql(str(sa.schema.CreateTable(staged).compile(dialect=dialect.sa_dialect)), ())
+        self.loader = _DeltaCopyLoader(
+            conn, f"COPY {q(_DELTA_TABLE)} (op, {dialect.column_list(columns)}) FROM STDIN (FORMAT csv)"
+        )
+
+    def stage(self, batch: Batch) -> Iterable[Sequence[Any]]:
+        self.loader.load(batch)
+        return ()
+
+    def abort(self, exc: BaseException) -> None:
+        self.loader.abort(exc)
+
+    def finish(self) -> Iterator[Sequence[Any]]:
+        """Stream the rows about to change (server-side cursor), then change them."""
+        self.loader.close()
+        d, q, conn = self.dialect, self.dialect.quote, self.conn
+        live, staged = q(self.table), q(_DELTA_TABLE)
+        conn.exec_driver_sql(f"ANALYZE {staged}", ())
+        match = d.key_match(self.keys, "t", "s")
+        yield from conn.exec_driver_sql(
+            f"SELECT {d.column_list(self.columns, 't.')} FROM {live} t JOIN {staged} s ON {match}",
+            (),
+            execution_options={"stream_results": True, "yield_per": 5000},
+        )
+        names = d.column_list(self.columns)
+        updates = ", ".join(f"{q(c.name)} = EXCLUDED.{q(c.name)}" for c in self.columns if not c.primary_key)
+        conflict = f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
+        result = conn.exec_driver_sql(
+            f"INSERT INTO {live} ({names}) SELECT {names} FROM {staged} WHERE op = 'U' "
+            f"ON CONFLICT ({d.column_list(self.keys)}) {conflict}",
+            (),
+        )
+        self.upserted = result.rowcount
+        result = conn.exec_driver_sql(
+            f"DELETE FROM {live} t USING {staged} s WHERE s.op = 'D' AND {match}", ()
+        )
+        self.deleted = result.rowcount
