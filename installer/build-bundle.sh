@@ -97,6 +97,13 @@ if [ -z "$source_dir" ]; then
     fi
 fi
 commit=${commit:-unknown}
+# Build from a copy: an in-tree build would write build/ and *.egg-info into the sources.
+if [ "$source_dir" != "$work/src" ]; then
+    mkdir -p "$work/src"
+    tar -C "$source_dir" --exclude=./.git --exclude=./.venv --exclude=./build --exclude=./dist \
+        --exclude='*.egg-info' --exclude=__pycache__ -cf - . | tar -C "$work/src" -xf -
+    source_dir=$work/src
+fi
 
 name=edu-sync-agent-$version
 bundle=$out/$name
@@ -118,8 +125,9 @@ cp "$repo/systemd/edu-agent.service" "$bundle/systemd/"
 cp "$repo/systemd/sysusers.d/edu-agent.conf" "$bundle/systemd/sysusers.d/"
 cp "$repo/systemd/tmpfiles.d/edu-agent.conf" "$bundle/systemd/tmpfiles.d/"
 cp "$repo/config.example.yaml" "$bundle/"
-for doc in operations.md protocol.md daemon.md shares.md tables.md; do
-    [ -f "$repo/docs/$doc" ] && cp "$repo/docs/$doc" "$bundle/doc/"
+cp "$repo/docs/operations.md" "$bundle/doc/"
+for doc in protocol.md daemon.md shares.md tables.md hub.md; do
+    if [ -f "$repo/docs/$doc" ]; then cp "$repo/docs/$doc" "$bundle/doc/"; fi
 done
 cp "$here/logrotate.d/edu-agent" "$bundle/systemd/logrotate.edu-agent"
 cp "$here/journald.conf.d/edu-agent-retention.conf" "$bundle/systemd/journald-retention.conf"

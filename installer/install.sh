@@ -18,6 +18,8 @@
 #                        system user is created (files keep the invoking user), systemctl is
 #                        not called. It is not a way to prepare another machine's disk.
 #   --no-start           do not enable/restart the service (systemd machines)
+#   --systemd-version N  write the compatibility drop-in for systemd N (default: the running
+#                        systemctl's version; docs/operations.md "systemd versions")
 #   --packaged           run from the .deb's postinst: dpkg owns the unit, the snippets and
 #                        /usr/bin/edu-agent, and enables the unit; without a config and
 #                        --agent-id only the release is installed
@@ -44,9 +46,10 @@ host_key=
 platform_keys=
 start=1
 packaged=0
+systemd_version=
 
 die() { echo "install: error: $*" >&2; exit 1; }
-usage() { sed -n '2,38p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,40p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 need_arg() { [ $# -ge 2 ] || { echo "install: $1 needs a value" >&2; exit 2; }; }
 
 while [ $# -gt 0 ]; do
@@ -59,6 +62,7 @@ while [ $# -gt 0 ]; do
         --host-key) need_arg "$@"; host_key=$2; shift 2 ;;
         --platform-keys) need_arg "$@"; platform_keys=$(cd "$(dirname "$2")" && pwd)/$(basename "$2"); shift 2 ;;
         --no-start) start=0; shift ;;
+        --systemd-version) need_arg "$@"; systemd_version=$2; shift 2 ;;
         --packaged) packaged=1; start=0; shift ;;
         -h|--help) usage 0 ;;
         *) echo "install: unknown argument: $1" >&2; usage 2 >&2 ;;
@@ -93,6 +97,10 @@ command -v "$python" >/dev/null || die "$python not found: install Python $bundl
 have_python=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 [ "$have_python" = "$bundle_python" ] \
     || die "this bundle was built for Python $bundle_python, $python is $have_python (use --python)"
+if [ ! -e "$config" ] && [ -z "$agent_id" ] && [ "$packaged" = 0 ]; then
+    die "first install: give --agent-id ID (the id the platform registered for this machine)"
+fi
+[ -z "$platform_keys" ] || [ -f "$platform_keys" ] || die "no such file: $platform_keys"
 echo "install: edu-sync-agent $version into ${root:-/}"
 
 # ---------------------------------------------------------------- user and directories
@@ -176,7 +184,8 @@ as_agent() {  # run a command as the service user, so what it creates is the age
 mkdir -p "$keys_dir"
 if [ ! -e "$keys_dir/signing.key" ]; then
     [ "$rooted" = 1 ] || chown "$user:$user" "$keys_dir"
-    as_agent "$release/bin/edu-agent" keys init --dir "$keys_dir" --id "$agent_id"
+    as_agent "$release/bin/edu-agent" keys init --dir "$keys_dir" --id "$agent_id" >/dev/null 2>&1 \
+        || as_agent "$release/bin/edu-agent" keys init --dir "$keys_dir" --id "$agent_id"
     echo "install: generated the agent's keys in $keys_dir"
 else
     echo "install: keeping the agent's keys in $keys_dir"
@@ -199,6 +208,29 @@ rewrite() {  # the unit's paths, moved under --root
     fi
 }
 "${helper[@]}" dropin "$config" > "$unit_dir/edu-agent.service.d/10-shares.conf"
+# Older systemd ignores directives it does not know (a warning in the journal), which only
+# weakens the sandbox; two settings would instead break the start, and are reset here.
+if [ -z "$systemd_version" ] && command -v systemctl >/dev/null; then
+    systemd_version=$(systemctl --version 2>/dev/null | sed -n '1s/^systemd \([0-9]*\).*/\1/p')
+fi
+compat=$unit_dir/edu-agent.service.d/05-systemd-compat.conf
+rm -f "$compat"
+if [ -n "$systemd_version" ] && [ "$systemd_version" -lt 251 ]; then
+    {
+        echo "# Written by install.sh for systemd $systemd_version (docs/operations.md, \"systemd versions\")."
+        echo "[Service]"
+        if [ "$systemd_version" -lt 239 ]; then
+            echo "# @system-service is unknown before 239: an allow-list without it would kill the agent."
+            echo "SystemCallFilter="
+        fi
+        if [ "$systemd_version" -ge 247 ]; then
+            echo "# LoadCredential= cannot load a directory before 251: list each file instead, e.g."
+            echo "#   LoadCredential=edu-agent_db-main:/etc/edu-agent/credentials/db-main"
+            echo "LoadCredential="
+        fi
+    } > "$compat"
+    echo "install: wrote $compat for systemd $systemd_version"
+fi
 if [ "$packaged" = 0 ]; then
     rewrite < "$bundle/systemd/edu-agent.service" > "$unit_dir/edu-agent.service"
     chmod 0644 "$unit_dir/edu-agent.service"
@@ -238,21 +270,23 @@ if [ "$systemd_running" = 1 ]; then
     fi
 fi
 
+cmd=edu-agent
+[ "$rooted" = 1 ] && cmd=$opt/current/bin/edu-agent
 cat <<EOF
 
 edu-sync-agent $version is installed (release $(basename "$release")).
 Next steps (docs: $opt/current/doc/operations.md):
   1. Give the platform operators this agent's registration bundle:
-       edu-agent enroll -c $config
+       $cmd enroll -c $config
   2. Put what they send back into $config: platform.url, platform.host_key, and their public
      keys as $etc/platform-keys.json. Map subscriptions to local targets (targets:,
      subscriptions:) and store database passwords in $etc/credentials/ (systemd credentials).
   3. Check the config (offline, then with the network):
-       edu-agent config check -c $config
-       edu-agent config check -c $config --online
+       $cmd config check -c $config
+       $cmd config check -c $config --online
   4. Start and watch it:
        systemctl enable --now edu-agent
-       edu-agent status -c $config ; journalctl -u edu-agent -f
+       $cmd status -c $config ; journalctl -u edu-agent -f
 EOF
 if [ "$check" != 0 ]; then
     echo

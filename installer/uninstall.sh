@@ -41,7 +41,8 @@ if [ -z "$root" ] && [ -d /run/systemd/system ]; then
     systemctl disable --now edu-agent.service 2>/dev/null || true
 fi
 
-rm -f "$unit_dir/edu-agent.service" "$unit_dir/edu-agent.service.d/10-shares.conf"
+rm -f "$unit_dir/edu-agent.service" "$unit_dir/edu-agent.service.d/10-shares.conf" \
+    "$unit_dir/edu-agent.service.d/05-systemd-compat.conf"
 rmdir "$unit_dir/edu-agent.service.d" 2>/dev/null || true
 rm -f "$root/etc/sysusers.d/edu-agent.conf" "$root/etc/tmpfiles.d/edu-agent.conf" \
     "$root/etc/logrotate.d/edu-agent"
