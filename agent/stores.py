@@ -90,34 +90,69 @@ def open_store(target: Target, entry: SubscriptionEntry, config: AgentConfig) ->
 
 
 class TableAdapter:
-    """A table subscription: one table in a target database (connectors.stores.tables)."""
+    """A table subscription: one table in a target database (connectors.stores.tables.TableStore)."""
 
     kind = "table"
 
     def __init__(self, target: TableTarget, entry: SubscriptionEntry) -> None:
+        from connectors.stores.tables import TableStore
+
+        self.subscription_id = entry.subscription_id
+        # local override, else the name the platform declares for this agent, else the subscription id
         self.table = target.table or entry.target_name or entry.subscription_id
         self.target = f"{target.database_name}:{self.table}"
-        self.subscription_id = entry.subscription_id
-        self._impl: Any = _open_table_store(target, entry, self.table)
+        self.store = TableStore(target.database.url_with_secret())
+        self.store.recover(self.subscription_id)
 
     def position(self) -> Position:
-        return self._impl.position()
+        pos = self.store.position(self.subscription_id)
+        if pos is None:
+            return Position(0)
+        return Position(pos.sequence, _hex(pos.digest), pos.package_id, revoked=pos.revoked)
 
     def apply(self, header: PackageHeader, plaintext: BinaryIO) -> Applied:
-        return self._impl.apply(header, plaintext)
+        from connectors.stores.tables import PackageRejected
+
+        try:
+            result = self.store.apply(header, plaintext, self.table)
+        except PackageRejected as exc:
+            raise StoreRejected(str(exc), _code(exc)) from exc
+        status = {"applied": "applied", "skipped": "skipped", "held": "held"}.get(result.status, "applied")
+        return Applied(result=status, rows_upserted=result.rows_upserted, rows_deleted=result.rows_deleted,
+                       local_digest=_hex(result.local_digest), expected_digest=_hex(result.expected_digest),
+                       digest_match=result.match, mismatched_buckets=list(result.mismatched_buckets),
+                       detail=result.reason)
 
     def purge(self) -> Purged:
-        return self._impl.purge()
+        result = self.store.purge(self.subscription_id)
+        return Purged(self.target, rows=result.rows_deleted)
 
     def verify(self) -> Verified:
-        return self._impl.verify()
+        result = self.store.verify(self.subscription_id)
+        ok = result.match and result.matches_expected is not False
+        buckets = list(result.mismatched_buckets)
+        if not buckets and result.matches_expected is False and result.expected_digest is not None:
+            from protocol.digest import mismatched_buckets
+
+            buckets = mismatched_buckets(result.local_digest, result.expected_digest)
+        return Verified(ok=ok, local_digest=_hex(result.local_digest),
+                        expected_digest=_hex(result.expected_digest or result.recorded_digest),
+                        mismatched_buckets=buckets,
+                        detail={"rows": result.rows, "matches_recorded": result.match,
+                                "matches_expected": result.matches_expected})
 
     def free_bytes(self) -> int | None:
         return None
 
     def close(self) -> None:
-        self._impl.close()
+        self.store.close()
 
 
-def _open_table_store(target: TableTarget, entry: SubscriptionEntry, table: str) -> Any:
-    raise NotImplementedError("table store integration pending (connectors/stores/tables)")
+def _hex(summary: Any) -> str | None:
+    """The hex digest of a ``protocol.digest`` summary (or a bare hex string)."""
+    if summary is None:
+        return None
+    if isinstance(summary, str):
+        return summary
+    digest = summary.get("digest") if isinstance(summary, dict) else None
+    return digest if isinstance(digest, str) else None

@@ -64,13 +64,14 @@ class Position:
     sequence: int
     digest: str | None = None
     package_id: str | None = None
+    revoked: bool = False  # the store keeps a tombstone after a revocation
 
 
 @dataclass
 class Applied:
     """What a store reports after handling one package (docs/hub.md apply_receipt fields)."""
 
-    result: str  # applied | skipped
+    result: str  # applied | skipped | held
     rows_upserted: int = 0
     rows_deleted: int = 0
     files: int = 0
@@ -79,6 +80,7 @@ class Applied:
     digest_match: bool | None = None
     mismatched_buckets: list[int] = field(default_factory=list)
     mismatched_files: list[str] = field(default_factory=list)
+    detail: str = ""
 
 
 @dataclass
@@ -335,6 +337,8 @@ class AgentRuntime:
         published = max((p.sequence for p in mine), default=None)
         if published is not None:
             state.update_subscription(subscription_id, published_sequence=published)
+        if position.revoked or (floor and position.sequence == 0 and all(p.sequence <= floor for p in mine)):
+            return True  # purged: nothing is applied any more (older packages may linger in the inbox)
         self._mirror_position(state, subscription_id, position)
         ok = True
         for name in mine:
@@ -408,6 +412,8 @@ class AgentRuntime:
             except (PackageError, StoreRejected) as exc:
                 self._quarantine(INBOX, name, exc, sub_id, ctx, header=header)
                 return "rejected"
+        if applied.result == "held":  # the store's own gap check (e.g. a delta without builds_on)
+            return self._hold(sub_id, name, header, position, ctx)
         local.unlink(missing_ok=True)
         ctx.metrics.apply_seconds.labels(sub_id, header.kind).observe(time.monotonic() - started)
         self._applied(sub_id, header, applied, ctx)
