@@ -10,7 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.config import (
@@ -566,3 +566,41 @@ def test_locate(site: Path) -> None:
     config = load_config(write(site, BASE))
     assert config.locate("platform", "poll_interval") == f"{site / 'config.yaml'}:11 platform.poll_interval"
     assert os.fspath(config.source_path or "") == str(site / "config.yaml")
+
+
+# ------------------------------------------------------------------ the YAML loader itself
+
+_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**12), max_value=10**12)
+    | st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), max_size=12)
+)
+_keys = st.text(alphabet="abcdefghijklmnopqrstuvwxyz_教职工", min_size=1, max_size=8)
+_documents = st.dictionaries(
+    _keys,
+    st.recursive(
+        _scalars,
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_keys, inner, min_size=1, max_size=3),
+        max_leaves=12,
+    ),
+    min_size=1,
+    max_size=5,
+)
+
+
+@settings(max_examples=60)
+@given(_documents)
+def test_loader_reads_what_yaml_reads_and_knows_each_line(data: dict[str, object]) -> None:
+    import yaml
+
+    from agent.config import _parse_yaml
+
+    text = yaml.safe_dump(data, allow_unicode=True, default_flow_style=False, sort_keys=False)
+    document = _parse_yaml(text, "x.yaml")
+    assert document.problems == []
+    assert document.data == yaml.safe_load(text)
+    lines = text.splitlines()
+    for key in data:
+        written = lines[document.lines[(key,)] - 1]
+        assert written.lstrip("'\"").startswith(key), (key, written)
