@@ -1,0 +1,160 @@
+"""Subscription files: every 附件三 field validated, errors naming file, line and field."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from hub.catalog import CatalogError, parse_subscription
+from hub.cli import main as hub_main
+from hub.files import glob_regex, selected
+from tests.test_hub_common import HubFixture, subscription_text
+
+GOOD = subscription_text("sqlite:///x.db")
+
+
+def _error(text: str) -> str:
+    with pytest.raises(CatalogError) as info:
+        parse_subscription(text, "sub.yaml")
+    return str(info.value)
+
+
+def _line_of(text: str, needle: str) -> int:
+    return next(i for i, line in enumerate(text.splitlines(), 1) if needle in line)
+
+
+def test_good_file_parses() -> None:
+    sub = parse_subscription(GOOD, "sub.yaml")
+    assert sub.catalog.sharing_type == "authorised" and sub.catalog.agreement is not None
+    assert sub.key_columns == ["ID"] and sub.table_source.cursor == "UPDATETIME"
+    fields = sub.catalog.header_fields()
+    assert fields["agreement_id"] == "XY-2026-001" and fields["update_frequency"] == "每天"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "field", "message"),
+    [
+        (
+            "resource_name: 人事处数据-教职工基本信息",
+            "resource_name: 教职工基本信息",
+            "catalog.resource_name",
+            "机构名称-数据基本信息",
+        ),
+        (
+            "mounted_resource_name: 人事处数据-教职工基本信息表",
+            "mounted_resource_name: -表",
+            "catalog.mounted_resource_name",
+            "机构名称-数据基本信息",
+        ),
+        ("sharing_type: authorised", "sharing_type: public", "catalog.sharing_type", "unconditional"),
+        (
+            "  agreement: {id: XY-2026-001, valid_from: 2026-01-01, valid_until: 2027-12-31}\n",
+            "",
+            "catalog",
+            "needs an agreement",
+        ),
+        ("valid_until: 2027-12-31", "valid_until: 2025-12-31", "catalog.agreement", "before valid_from"),
+        ("update_frequency: 每天", "update_frequency: 每年", "catalog.update_frequency.value", "每天"),
+        (
+            "update_frequency: 每天",
+            "update_frequency: {value: 自定义, cron: 'not cron'}",
+            "catalog.update_frequency",
+            "cron",
+        ),
+        (
+            "update_frequency: 每天",
+            "update_frequency: {value: 每天, cron: '0 2 * * *'}",
+            "catalog.update_frequency",
+            "only allowed with 自定义",
+        ),
+        ("provision_method: table", "provision_method: interface", "catalog.provision_method", "'table'"),
+        ("  topic: 教师主题库\n", "", "catalog.topic", "Field required"),
+        ("  scope: 高校", "  scope: ''", "catalog.scope", "at least 1 character"),
+        ("type: VARCHAR2(50)}", "type: VARCHAR9(50)}", "dictionary.1.type", "unknown declared type"),
+        ('op: "=", value: active', 'op: "=", values: [a]', "source.filter.0", "exactly one 'value'"),
+        ('op: "="', "op: drop", "source.filter.0.op", "'='"),
+        ("  - agent: school-1", "  - agent: School 1", "subscribers.0.agent", "pattern"),
+    ],
+)
+def test_errors_name_file_line_and_field(old: str, new: str, field: str, message: str) -> None:
+    assert old in GOOD, old
+    text = GOOD.replace(old, new)
+    error = _error(text)
+    assert f"{field}:" in error, error
+    assert message in error, error
+    assert error.startswith("sub.yaml:"), error
+    line = _line_of(text, new.strip() or "catalog:")
+    assert any(part.startswith(f"sub.yaml:{line}:") for part in error.splitlines()), (line, error)
+
+
+def test_structural_errors() -> None:
+    assert "not valid YAML" in _error("id: [unclosed")
+    assert "duplicate key 'id'" in _error("id: a\nid: b\n")
+    assert "one mapping" in _error("- a\n- b\n")
+    assert "cursor column 'NOPE'" in _error(GOOD.replace("  filter:", "  cursor: NOPE\n  filter:"))
+    assert "no primary key" in _error(GOOD.replace("primary_key: true", "primary_key: false"))
+    two = GOOD.replace("  - agent: school-1", "  - agent: school-1\n  - agent: school-1")
+    assert "listed twice" in _error(two)
+
+
+def test_cli_registry_commands(tmp_path: Path, capsys: Any) -> None:
+    hub = HubFixture(tmp_path, ["school-1"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(GOOD.replace("每天", "每年"), encoding="utf-8")
+    assert hub_main(["subscription", "add", str(hub.root), "--file", str(bad)]) == 2
+    assert f"{bad}:" in capsys.readouterr().err
+    unknown = subscription_text("sqlite:///x.db", agents=("ghost",))
+    (tmp_path / "u.yaml").write_text(unknown, encoding="utf-8")
+    assert hub_main(["subscription", "add", str(hub.root), "--file", str(tmp_path / "u.yaml")]) == 2
+    assert "'ghost' is not registered" in capsys.readouterr().err
+    hub.add_subscription(GOOD)
+    assert sorted(p.name.split(".")[0] for p in (hub.root / "exchange/school-1/control").iterdir()) == [
+        "platform",
+        "subscriptions",
+    ]
+    capsys.readouterr()
+    assert hub_main(["subscription", "list", str(hub.root), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["id"] == "staff"
+    assert hub_main(["subscription", "show", str(hub.root), "staff"]) == 0
+    assert json.loads(capsys.readouterr().out)["catalog"]["topic"] == "教师主题库"
+    assert hub_main(["agent", "list", str(hub.root), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["id"] == "school-1"
+    assert hub_main(["agent", "remove", str(hub.root), "--id", "school-1"]) == 1
+    assert "still subscribes to staff" in capsys.readouterr().err
+    assert hub_main(["sftp-config", str(hub.root)]) == 0
+    assert "Match User edu-school-1" in capsys.readouterr().out
+    assert hub_main(["subscription", "show", str(hub.root), "nope"]) == 1
+    bundle = tmp_path / "school-1.json"
+    assert hub_main(["agent", "add", str(hub.root), "--id", "other", "--keys", str(bundle)]) == 1
+    assert "is the bundle of 'school-1'" in capsys.readouterr().err
+
+
+def test_subscription_list_is_signed_for_the_agent(tmp_path: Path) -> None:
+    from protocol.layout import sorted_packages
+    from protocol.package import open_package
+
+    hub = HubFixture(tmp_path, ["school-1"])
+    hub.add_subscription(GOOD)
+    control = hub.root / "exchange/school-1/control"
+    (name,), _ = sorted_packages(p.name for p in control.iterdir())
+    trusted = {"platform": hub.platform.public_bundle()}
+    with open_package(
+        control / name.filename, trusted_senders=trusted, recipient=hub.agent_keys["school-1"]
+    ) as pkg:
+        assert pkg.header.kind == "subscriptions"
+        body = json.loads(b"".join(pkg.iter_plaintext()))
+    (entry,) = body["subscriptions"]
+    assert entry["subscription"] == "staff" and entry["target"] == "T_STAFF"
+    assert entry["catalog"]["provision_method"] == "table" and entry["schema"][0]["name"] == "ID"
+
+
+@given(st.text(alphabet="ab/.", max_size=12))
+def test_glob_star_never_crosses_a_directory(path: str) -> None:
+    assert bool(glob_regex("*").match(path)) == ("/" not in path)
+    assert bool(glob_regex("**").match(path))
+    assert selected(path, ["**"], ["**"]) is False
