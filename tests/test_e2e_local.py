@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,39 @@ source:
   directory: "{directory}"
 subscribers:
   - agent: {agent}
+"""
+
+TABLE_SUBSCRIPTION = """
+id: {sub_id}
+catalog:
+  provider: 人事处
+  resource_name: 人事处数据-教职工基本信息
+  mounted_resource_name: 人事处数据-教职工基本信息表
+  summary: 教职工基本信息
+  data_name: 教职工基本信息
+  data_format: 库表
+  sharing_type: authorised
+  agreement: {{id: XY-2026-001, valid_from: 2026-01-01, valid_until: 2027-12-31}}
+  security_level: 三级
+  update_frequency: 每天
+  provision_method: table
+  time_range: 1998年至今
+  topic: 教师主题库
+  scope: 高校
+dictionary:
+  - {{name: GH, label: 工号, meaning: 教职工工号, type: VARCHAR2(20), not_null: true, primary_key: true}}
+  - {{name: XM, label: 姓名, meaning: 姓名, type: VARCHAR2(50), not_null: true}}
+  - {{name: ZC, label: 职称, meaning: 职称, type: VARCHAR2(50)}}
+  - {{name: JBGZ, label: 基本工资, meaning: 基本工资, type: "NUMBER(10,2)"}}
+  - {{name: CSRQ, label: 出生日期, meaning: 出生日期, type: DATE, format: YYYY-MM-DD}}
+  - {{name: UPDATETIME, label: 更新时间, meaning: 最近一次更新的时间, type: VARCHAR2(50), not_null: true,
+     format: "YYYY-MM-DD HH:MM:SS"}}
+source:
+  url: "sqlite:///{source_db}"
+  table: T_STAFF
+subscribers:
+  - agent: {agent}
+    target: {target}
 """
 
 AGENT_CONFIG = """
@@ -109,6 +143,10 @@ class Site:
         self.add_subscription(FILE_SUBSCRIPTION.format(sub_id=sub_id, directory=source, agent=self.agent,
                                                        frequency=frequency), sub_id)
 
+    def add_table_subscription(self, sub_id: str, source_db: Path, target: str) -> None:
+        self.add_subscription(TABLE_SUBSCRIPTION.format(sub_id=sub_id, source_db=source_db, agent=self.agent,
+                                                        target=target), sub_id)
+
     def publish(self, *args: str) -> None:
         assert hub_main(["publish", str(self.hub), *args]) == 0
 
@@ -156,6 +194,53 @@ def keep_signals() -> Iterator[None]:
 @pytest.fixture
 def site(tmp_path: Path, keep_signals: None) -> Site:
     return Site(tmp_path)
+
+
+class StaffSource:
+    """A SQLite source table of staff rows the tests change between publishes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.clock = 0
+        with sqlite3.connect(path) as db:
+            db.execute("CREATE TABLE T_STAFF (GH TEXT PRIMARY KEY, XM TEXT NOT NULL, ZC TEXT, JBGZ TEXT, "
+                       "CSRQ TEXT, UPDATETIME TEXT NOT NULL)")
+
+    def _stamp(self) -> str:
+        self.clock += 1
+        return f"2026-11-{1 + self.clock // 86400:02d} {self.clock // 3600 % 24:02d}:" \
+               f"{self.clock // 60 % 60:02d}:{self.clock % 60:02d}"
+
+    def upsert(self, rows: range, title: str = "讲师") -> None:
+        with sqlite3.connect(self.path) as db:
+            db.executemany(
+                "INSERT INTO T_STAFF VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(GH) DO UPDATE SET "
+                "ZC = excluded.ZC, JBGZ = excluded.JBGZ, UPDATETIME = excluded.UPDATETIME",
+                [(f"T{n:05d}", f"张{'伟芳娜敏静丽强'[n % 7]}{n}", title, f"{5000 + n}.{n % 100:02d}",
+                  f"19{60 + n % 40}-0{1 + n % 9}-1{n % 10}", self._stamp()) for n in rows])
+
+    def delete(self, rows: range) -> None:
+        with sqlite3.connect(self.path) as db:
+            db.executemany("DELETE FROM T_STAFF WHERE GH = ?", [(f"T{n:05d}",) for n in rows])
+
+    def rows(self) -> list[tuple[str, ...]]:
+        with sqlite3.connect(self.path) as db:
+            return [tuple(str(v) for v in r) for r in db.execute("SELECT * FROM T_STAFF ORDER BY GH")]
+
+
+def table_rows(url: str, table: str) -> list[tuple[str, ...]]:
+    """The target table read back independently of the agent, in source column order."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            t = sa.Table(table, sa.MetaData(), autoload_with=conn)
+            cols = [t.c[name] for name in ("GH", "XM", "ZC", "JBGZ", "CSRQ", "UPDATETIME")]
+            result = conn.execute(sa.select(*cols).order_by(t.c.GH)).fetchall()
+    finally:
+        engine.dispose()
+    return [tuple(str(v) for v in r) for r in result]
 
 
 def _write(path: Path, text: str) -> None:
@@ -215,6 +300,43 @@ def test_file_subscription_snapshot_change_revoke(site: Site) -> None:
     assert verify_audit(site.state / "audit.log").ok
     kinds = {e["event"] for e in site.audit_events()}
     assert {"package.received", "package.applied", "subscription.purged", "agent.start"} <= kinds
+
+
+def test_table_snapshot_deltas_verify_revoke_sqlite(site: Site, sqlite_url: str) -> None:
+    site.databases = {"main": sqlite_url}
+    site.write_config()
+    source = StaffSource(site.root / "source.db")
+    source.upsert(range(1, 301))
+    site.add_table_subscription("staff", source.path, "教职工基本信息")
+    site.publish()
+    assert site.run_once() == 0
+    assert table_rows(sqlite_url, "教职工基本信息") == source.rows()
+    source.upsert(range(250, 331), title="副教授")  # updates and inserts
+    source.delete(range(1, 21))
+    site.publish()
+    assert site.run_once() == 0
+    assert table_rows(sqlite_url, "教职工基本信息") == source.rows()
+    row = site.reports()[(site.agent, "staff")]
+    assert row.state == "ok" and row.digest_match is True and row.applied_sequence == 2
+    assert agent_main(["verify", "-c", str(site.config), "--subscription", "staff"]) == 0
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(sqlite_url)
+    with engine.begin() as conn:  # a local modification behind the agent's back
+        conn.execute(sa.text('UPDATE "教职工基本信息" SET "XM" = \'篡改\' WHERE "GH" = \'T00100\''))
+    engine.dispose()
+    assert agent_main(["verify", "-c", str(site.config), "--subscription", "staff"]) == 1
+    assert hub_main(["revoke", str(site.hub), "--subscription", "staff"]) == 0
+    assert site.run_once() == 0
+    assert site.reports()[(site.agent, "staff")].state == "purged"
+    engine = sa.create_engine(sqlite_url)
+    assert "教职工基本信息" not in sa.inspect(engine).get_table_names()
+    engine.dispose()
+    docs = site.outbox_documents()
+    requests = [d for d in docs if d["type"] == "request"]
+    assert requests[-1]["request"] == "resend_buckets" and len(requests[-1]["buckets"]) == 1
+    deletion = [d for d in docs if d["type"] == "deletion_receipt"]
+    assert deletion[0]["purged"]["rows"] == len(source.rows())
 
 
 def test_unknown_signer_is_quarantined_and_others_continue(site: Site) -> None:

@@ -13,11 +13,19 @@ import pytest
 
 from hub.cli import main as hub_main
 from tests.sshd import Account, SshdServer, SshdUnavailable
-from tests.test_e2e_local import Site, _tree, _write, keep_signals  # noqa: F401 - fixture
+from tests.test_e2e_local import (  # noqa: F401 - keep_signals is a fixture
+    Site,
+    StaffSource,
+    _tree,
+    _write,
+    keep_signals,
+    table_rows,
+)
 
 
 @pytest.fixture
-def sftp_site(sshd: SshdServer, chroot_tmp_path: Path, keep_signals: None) -> Iterator[tuple[Site, Account]]:
+def sftp_site(sshd: SshdServer, chroot_tmp_path: Path,
+              keep_signals: None) -> Iterator[tuple[Site, Account]]:  # noqa: F811 - the imported fixture
     site = Site(chroot_tmp_path / "site")
     try:
         account = sshd.add_account(site.agent, chroot=site.exchange)
@@ -55,6 +63,52 @@ def test_files_over_sftp_snapshot_deltas_revoke(sftp_site: tuple[Site, Account])
     assert site.run_once() == 0
     assert not target.exists()
     assert site.reports()[(site.agent, "admissions")].state == "purged"
+
+
+@pytest.mark.parametrize("database", ["pg_url", "mysql_url"])
+def test_tables_and_files_over_sftp(sftp_site: tuple[Site, Account], database: str,
+                                    request: pytest.FixtureRequest) -> None:
+    """The done-when of issue 7: snapshot, three deltas, a file change and a revocation over chrooted
+    SFTP into PostgreSQL / MariaDB and a share; the hub sees the agent ok with matching digests."""
+    site, _account = sftp_site
+    url: str = request.getfixturevalue(database)
+    site.databases = {"main": url}
+    site.write_config()
+    source = StaffSource(site.root / "source.db")
+    source.upsert(range(1, 501))
+    files = site.root / "files"
+    _write(files / "制度/考勤管理办法.txt", "第一条\n")
+    site.add_table_subscription("staff", source.path, "T_JZGJBXX")
+    site.add_file_subscription("rules", files)
+    site.publish()
+    assert site.run_once() == 0
+    assert table_rows(url, "T_JZGJBXX") == source.rows()
+    changes = [
+        lambda: source.upsert(range(100, 161), title="教授"),
+        lambda: (source.delete(range(1, 41)), source.upsert(range(501, 531))),
+        lambda: source.upsert(range(200, 211), title="研究员"),
+    ]
+    for change in changes:
+        change()
+        site.publish("--subscription", "staff")
+        assert site.run_once() == 0
+        assert table_rows(url, "T_JZGJBXX") == source.rows()
+    _write(files / "制度/考勤管理办法.txt", "第一条（修订）\n")
+    _write(files / "制度/请假规定.txt", "第二条\n")
+    site.publish("--subscription", "rules")
+    assert site.run_once() == 0
+    assert _tree(site.share / "rules") == _tree(files)
+    rows = site.reports()
+    for sub, sequence in (("staff", 4), ("rules", 2)):
+        row = rows[(site.agent, sub)]
+        assert row.state == "ok", row
+        assert row.digest_match is True
+        assert row.applied_sequence == row.published_sequence == sequence
+    assert hub_main(["revoke", str(site.hub), "--subscription", "staff"]) == 0
+    assert site.run_once() == 0
+    rows = site.reports()
+    assert rows[(site.agent, "staff")].state == "purged"
+    assert rows[(site.agent, "rules")].state == "ok"
 
 
 def test_wrong_host_key_is_refused(sftp_site: tuple[Site, Account], sshd: SshdServer) -> None:
