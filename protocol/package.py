@@ -796,12 +796,14 @@ class _ChunkSource:
         self._index = 0
         self.consumed = 0
 
-    def read(self, size: int = -1) -> bytes:
+    def read(self, size: int = -1) -> memoryview:
+        # A view, not a copy: the zstd reader consumes all of it before it calls read()
+        # again, and only then is the buffer behind it overwritten by the next chunk.
         if not self._available and not self._next_chunk():
-            return b""
+            return memoryview(b"")
         if size < 0:
             size = len(self._available)
-        out = bytes(self._available[:size])
+        out = self._available[:size]
         self._available = self._available[size:]
         self.consumed += len(out)
         return out
@@ -853,7 +855,10 @@ class _PlaintextStream(io.RawIOBase):
         self._source = _ChunkSource(fd, envelope, header, data_key)
         decompressor = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW_SIZE)
         self._reader = decompressor.stream_reader(
-            self._source,  # type: ignore[arg-type]  # only .read() is used read_size=header.payload.chunk_size, read_across_frames=True, closefd=False
+            self._source,  # type: ignore[arg-type]  # a duck-typed source: only .read() is used
+            read_size=header.payload.chunk_size,
+            read_across_frames=True,
+            closefd=False,
         )
         self._produced = 0
         self._finished = False
@@ -870,10 +875,24 @@ class _PlaintextStream(io.RawIOBase):
         try:
             got = self._reader.readinto(view)
         except zstandard.ZstdError as exc:
-            raise DecompressionError(
-                f"authenticated payload is not a valid zstd stream after {self._produced} bytes: {exc}",
-                header=self._header,
-            ) from exc
+            raise self._invalid(exc) from exc
+        return self._account(got)
+
+    def read(self, size: int = -1) -> bytes:
+        """Bytes straight from the decompressor (one allocation, no extra copy)."""
+        if size is None or size < 0:
+            return self.readall()
+        if self._finished or size == 0:
+            return b""
+        try:
+            data: bytes = self._reader.read(size)
+        except zstandard.ZstdError as exc:
+            raise self._invalid(exc) from exc
+        self._account(len(data))
+        return data
+
+    def _account(self, got: int) -> int:
+        """Enforce the declared size on every piece before it is handed out."""
         if got == 0:
             self._finished = True
             if self._produced != self._declared:
@@ -888,6 +907,13 @@ class _PlaintextStream(io.RawIOBase):
             raise self._overflow(self._produced + got)
         self._produced += got
         return got
+
+    def _invalid(self, exc: zstandard.ZstdError) -> DecompressionError:
+        self._finished = True
+        return DecompressionError(
+            f"authenticated payload is not a valid zstd stream after {self._produced} bytes: {exc}",
+            header=self._header,
+        )
 
     def _overflow(self, produced: int) -> PlaintextTooLongError:
         """Measure (bounded) how far the stream overshoots; nothing more is released."""

@@ -408,3 +408,18 @@ def test_file_replaced_after_the_digest_check(original: Path, other: Path, tmp_p
         stream = package.plaintext()
         with pytest.raises(ChunkAuthenticationError, match="chunk 0 of"):
             stream.read(1)
+
+
+def test_several_zstd_frames_are_one_stream(original: Path, tmp_path: Path) -> None:
+    """Concatenated frames are valid zstd; every frame is read, and counted against the size."""
+    half = len(PAYLOAD) // 2
+    frames = zstandard.ZstdCompressor().compress(PAYLOAD[:half]) + zstandard.ZstdCompressor().compress(
+        PAYLOAD[half:]
+    )
+    path = tmp_path / "p"
+    path.write_bytes(craft(original, frames, declared=len(PAYLOAD)))
+    with open_package(path, trusted_senders=TRUSTED, recipient=AGENT, now=NOW) as package:
+        assert b"".join(package.iter_plaintext(100)) == PAYLOAD
+        assert package.plaintext().read() == PAYLOAD
+    error, released, _ = attempt(path, craft(original, frames, declared=half))
+    assert type(error) is PlaintextTooLongError and released == PAYLOAD[: len(released)]
