@@ -156,9 +156,9 @@ class ShareState:
     def clear_journal(self) -> None:
         self._db.execute("DELETE FROM journal")
 
-    def finish(self, plan: dict[str, Any], stats: dict[str, tuple[int, int]]) -> None:
+    def finish(self, plan: dict[str, Any]) -> None:
         """Make the index and position those of the committed plan, and drop the journal."""
-        writes = [ManifestEntry(p, size, sha) for _, p, size, sha in plan["writes"]]
+        writes = [ManifestEntry(p, size, sha) for _, p, size, sha, *_ in plan["writes"]]
         with self.transaction():
             before = self.lthash()
             touched = self.lookup_many([w.path for w in writes] + list(plan["removed"]))
@@ -171,7 +171,7 @@ class ShareState:
             self._db.executemany("DELETE FROM files WHERE path = ?", [(p,) for p in plan["removed"]])
             self._db.executemany(
                 "INSERT OR REPLACE INTO files (path, size, sha256, ino, mtime_ns) VALUES (?, ?, ?, ?, ?)",
-                [(p, size, sha, *stats.get(p, (0, 0))) for _, p, size, sha in plan["writes"]],
+                [(p, size, sha, ino, mtime_ns) for _, p, size, sha, ino, mtime_ns in plan["writes"]],
             )
             for key in ("sequence", "package_id"):
                 self.set_meta(key, str(plan["position"][key]))

@@ -182,6 +182,18 @@ def _resolve_id(value: int | str | None, kind: str) -> int:
         raise InvalidShareConfigError(f"{kind} {value!r} does not exist on this host") from exc
 
 
+def _current_umask() -> int | None:
+    """The process umask, read without changing it (Linux /proc); None if unknown."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 class _Subscription:
     """One opened, locked subscription directory."""
 
@@ -229,6 +241,7 @@ class ShareStore:
                 "durability is 'syncfs' (one barrier per phase) or 'fsync' (per file)"
             )
         self.durability = durability
+        self._create_mode = 0o600
 
     # ------------------------------------------------------------------ opening
 
@@ -376,7 +389,9 @@ class ShareStore:
             to_write = [e for e in manifest.entries if e.path not in intact]
             self._preflight(sub, to_write, removed)
             self._check_space(sub, to_write)
-            writes, stats = self._stage(sub, package, PayloadReader(plaintext), intact)
+            self._refresh_create_mode()
+            with PayloadReader(plaintext, prefetch=True) as reader:
+                writes, stats = self._stage(sub, package, reader, intact)
             plan = {
                 "snapshot": manifest.is_snapshot,
                 "staging": _staging_dirname(package.package_id),
@@ -427,13 +442,13 @@ class ShareStore:
             return result
 
     @staticmethod
-    def _intact(sub: _Subscription, unchanged: list[ManifestEntry]) -> set[str]:
+    def _intact(sub: _Subscription, unchanged: list[ManifestEntry]) -> dict[str, tuple[int, int]]:
         """Paths the package leaves as they are and that are on disk exactly as the agent wrote them.
 
         A file edited locally (its size, inode or mtime moved) is rewritten even if the
         package repeats the indexed content: that is how a resend repairs drift.
         """
-        intact: set[str] = set()
+        intact: dict[str, tuple[int, int]] = {}
         with fsops.DirTree(sub.fd) as tree:
             for entry in unchanged:
                 known = sub.state.lookup(entry.path)
@@ -448,7 +463,7 @@ class ShareStore:
                     and stat.S_ISREG(st.st_mode)
                     and (st.st_size, st.st_ino, st.st_mtime_ns) == (known.size, known.ino, known.mtime_ns)
                 ):
-                    intact.add(entry.path)
+                    intact[entry.path] = (st.st_ino, st.st_mtime_ns)
         return intact
 
     def _preflight(self, sub: _Subscription, to_write: list[ManifestEntry], removed: list[str]) -> None:
@@ -482,7 +497,7 @@ class ShareStore:
         sub: _Subscription,
         package: FilesPackage,
         reader: PayloadReader,
-        intact: set[str],
+        intact: dict[str, tuple[int, int]],
     ) -> tuple[list[list[Any]], dict[str, int]]:
         """Stream new content into the private staging directory; (plan writes, stats)."""
         name = _staging_dirname(package.package_id)
@@ -501,26 +516,27 @@ class ShareStore:
         try:
             with os.scandir(pkg_fd) as it:
                 present = {e.name for e in it}
-            for leftover in (n for n in present if n.endswith(PART_SUFFIX)):
-                os.unlink(leftover, dir_fd=pkg_fd)
             for index, entry in enumerate(package.manifest.entries):
                 if entry.path in intact:
                     self._consume(reader, entry)
-                    writes.append([None, entry.path, entry.size, entry.sha256])
+                    writes.append([None, entry.path, entry.size, entry.sha256, *intact[entry.path]])
                     continue
                 staged = f"{index:06d}.{entry.sha256}"
                 if staged in present:
                     if fsops.hash_at(pkg_fd, staged) == (entry.size, entry.sha256):
                         self._consume(reader, entry)
                         stats["resumed"] += 1
-                        writes.append([staged, entry.path, entry.size, entry.sha256])
+                        st = os.stat(staged, dir_fd=pkg_fd, follow_symlinks=False)
+                        writes.append(
+                            [staged, entry.path, entry.size, entry.sha256, st.st_ino, st.st_mtime_ns]
+                        )
                         continue
                     os.unlink(staged, dir_fd=pkg_fd)
-                self._write_entry(pkg_fd, staged, entry, reader)
+                ino, mtime_ns = self._write_entry(pkg_fd, staged, entry, reader)
                 self._cache_put(sub.dirname, pkg_fd, staged, entry)
                 stats["written"] += 1
                 stats["bytes"] += entry.size
-                writes.append([staged, entry.path, entry.size, entry.sha256])
+                writes.append([staged, entry.path, entry.size, entry.sha256, ino, mtime_ns])
             if not reader.at_end():
                 raise PayloadTooLongError(
                     f"the payload continues after the {len(package.manifest.entries)} declared entries "
@@ -544,9 +560,21 @@ class ShareStore:
             os.close(pkg_fd)
         return writes, stats
 
-    def _write_entry(self, dir_fd: int, name: str, entry: ManifestEntry, reader: PayloadReader) -> None:
-        tmp = name + PART_SUFFIX
-        fd = os.open(tmp, fsops.CREATE_FLAGS, 0o600, dir_fd=dir_fd)
+    def _refresh_create_mode(self) -> None:
+        """Create files with their final mode when the umask lets it through (saves a syscall per file)."""
+        umask = _current_umask()
+        usable = umask is not None and not self.modes.file_mode & umask
+        self._create_mode = self.modes.file_mode if usable else 0o600
+
+    def _write_entry(
+        self, dir_fd: int, name: str, entry: ManifestEntry, reader: PayloadReader
+    ) -> tuple[int, int]:
+        """Write one file into the private staging directory, hashing as it goes; (inode, mtime_ns).
+
+        A crash can leave it partial under its staging name: a retry re-hashes it and rewrites it
+        if it does not match, so no separate "complete" marker is needed.
+        """
+        fd = os.open(name, fsops.CREATE_FLAGS, self._create_mode, dir_fd=dir_fd)
         try:
             digest = hashlib.sha256()
             remaining = entry.size
@@ -564,14 +592,16 @@ class ShareStore:
             found = digest.hexdigest()
             if found != entry.sha256:
                 raise FileDigestMismatchError(entry.path, entry.sha256, found)
-            os.fchmod(fd, self.modes.file_mode)
+            if self._create_mode != self.modes.file_mode:
+                os.fchmod(fd, self.modes.file_mode)
             if self.uid != -1 or self.gid != -1:
                 os.fchown(fd, self.uid, self.gid)
             if self.durability == "fsync":
                 os.fsync(fd)
+            st = os.fstat(fd)
         finally:
             os.close(fd)
-        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        return st.st_ino, st.st_mtime_ns
 
     @staticmethod
     def _consume(reader: PayloadReader, entry: ManifestEntry) -> None:
@@ -612,17 +642,17 @@ class ShareStore:
         if staging_fd is not None and fsops.lstat_at(staging_fd, plan["staging"]) is not None:
             pkg_fd = fsops.open_dir_at(staging_fd, plan["staging"], plan["staging"])
         touched: set[str] = set()
-        stat_of: dict[str, tuple[int, int]] = {}
         tree = fsops.DirTree(sub.fd, mode=self.modes.dir_mode, uid=self.uid, gid=self.gid)
         try:
-            for staged, path, _size, _sha in plan["writes"]:
+            for staged, path, *_ in plan["writes"]:
                 if staged is None or pkg_fd is None or fsops.lstat_at(pkg_fd, staged) is None:
                     continue  # unchanged, or moved into place before a crash
                 parent_fd, name = tree.parent_of(path, create=True)
                 assert parent_fd is not None
                 os.rename(staged, name, src_dir_fd=pkg_fd, dst_dir_fd=parent_fd)
                 touched.add(path.rpartition("/")[0])
-            self._make_durable(sub, tree, touched)
+            # Removals follow the renames; one barrier covers both. A crash before it is
+            # harmless: the journal still says "commit" and recovery repeats both steps.
             for path in plan["removed"]:
                 parent_fd, name = tree.parent_of(path, create=False)
                 if parent_fd is None:
@@ -634,16 +664,11 @@ class ShareStore:
                 touched.add(path.rpartition("/")[0])
                 touched.update(fsops.prune_empty_parents(tree, path))
             self._make_durable(sub, tree, touched)
-            for _staged, path, _size, _sha in plan["writes"]:
-                parent_fd, name = tree.parent_of(path, create=False)
-                st = fsops.lstat_at(parent_fd, name) if parent_fd is not None else None
-                if st is not None:
-                    stat_of[path] = (st.st_ino, st.st_mtime_ns)
         finally:
             tree.close()
             if pkg_fd is not None:
                 os.close(pkg_fd)
-        sub.state.finish(dict(plan), stat_of)
+        sub.state.finish(dict(plan))
         if staging_fd is not None:
             try:
                 fsops.remove_tree_at(staging_fd, plan["staging"], plan["staging"], [])
@@ -841,6 +866,7 @@ class ShareStore:
                 if parent_fd is not None and sub.state.lookup(item.path) is None:
                     fsops.remove_tree_at(parent_fd, name, item.path, result.removed)
                     fsops.prune_empty_parents(tree, item.path)
+            self._refresh_create_mode()
             repair_fd = sub.staging_fd(create=True)
             assert repair_fd is not None
             try:
@@ -871,18 +897,18 @@ class ShareStore:
         cached = self.cache_get(sub.dirname, entry)
         if cached is None:
             return False
-        tmp = f"repair.{entry.sha256}{PART_SUFFIX}"
+        tmp = f"repair.{entry.sha256}"
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp, dir_fd=tmp_fd)
         with open(cached, "rb") as src:
             try:
-                self._write_entry(tmp_fd, tmp[: -len(PART_SUFFIX)], entry, PayloadReader(src))
+                self._write_entry(tmp_fd, tmp, entry, PayloadReader(src))
             except (FileDigestMismatchError, PayloadTooShortError):
                 cached.unlink()  # a damaged cache entry is never used again
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp, dir_fd=tmp_fd)
                 return False
-        staged = tmp[: -len(PART_SUFFIX)]
+        staged = tmp
         parent_fd, name = tree.parent_of(entry.path, create=True)
         assert parent_fd is not None
         st = fsops.lstat_at(parent_fd, name)

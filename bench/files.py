@@ -1,0 +1,197 @@
+"""Applying files packages end to end, against ``cp -r`` + ``sync`` of the same plaintext.
+
+Two cases, each ``--total-mib`` MiB (default 1024): many small files (100 KiB each, so
+10 240 files at full size) and one large file. For each, the hub side (not timed)
+writes a signed, encrypted ``files`` package from a source tree; then, timed:
+
+* ours: a fresh process opens the package (signature, payload digest), stream-decrypts,
+  decompresses and applies it into a share directory with ``ShareStore.apply``
+  (staging, SHA-256 per file, syncfs, renames, state commit);
+* baseline: ``cp -r`` of the same plaintext tree followed by ``sync`` (both make the
+  data durable), in the same run.
+
+Peak RSS of the applying process is read with ``wait4``. The last line is one JSON object.
+
+    nice python bench/files.py --total-mib 1024
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from connectors.stores.shares.fileset import fileset_summary
+from connectors.stores.shares.manifest import ManifestEntry, build_manifest
+from connectors.stores.shares.store import ShareStore
+from protocol.keys import PartyKeys, init_keys
+from protocol.package import PackageWriter, open_package
+
+SMALL_FILE = 100 * 1024
+BLOCK = 1 << 20
+
+
+def make_source(root: Path, total: int, file_size: int) -> list[ManifestEntry]:
+    """Incompressible files (like the PDFs and archives of a real share), hashed as the hub would."""
+    entries = []
+    count = max(1, total // file_size)
+    for i in range(count):
+        rel = f"d{i // 1000:03d}/f{i:05d}.bin" if count > 1 else "big.bin"
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256()
+        with open(path, "wb") as fh:
+            remaining = file_size
+            while remaining:
+                block = os.urandom(min(BLOCK, remaining))
+                fh.write(block)
+                digest.update(block)
+                remaining -= len(block)
+        entries.append(ManifestEntry(rel, file_size, digest.hexdigest()))
+    return entries
+
+
+def write_package(
+    root: Path, entries: list[ManifestEntry], out: Path, hub: PartyKeys, agent: PartyKeys
+) -> Path:
+    manifest = build_manifest(entries)
+    with PackageWriter(
+        out,
+        kind="files",
+        sender=hub,
+        recipient=agent.public_bundle(),
+        subscription="bench-files",
+        sequence=1,
+        builds_on=0,
+        catalog={"resource_name": "基准-文件", "security_level": "内部"},
+        counts={"files": len(manifest.entries)},
+        expected_state=fileset_summary(entries),
+        manifest=manifest.to_json(),
+    ) as writer:
+        for entry in manifest.entries:
+            with open(root / entry.path, "rb") as fh:
+                while block := fh.read(BLOCK):
+                    writer.write(block)
+    return out
+
+
+def apply_child(package: str, share: str, keys_dir: str) -> None:
+    """Runs in a fresh process: open, verify, decrypt and apply; print elapsed seconds."""
+    from protocol.keys import load_bundle, load_keys
+
+    agent = load_keys(Path(keys_dir) / "agent")
+    hub = load_bundle(Path(keys_dir) / "hub.json")
+    started = time.perf_counter()
+    with open_package(package, trusted_senders={hub.party_id: hub}, recipient=agent) as pkg:
+        result = ShareStore(share).apply(pkg.header, pkg.plaintext(), "bench")
+    elapsed = time.perf_counter() - started
+    assert result.match, result
+    print(json.dumps({"elapsed": elapsed, "files": result.files_written}))
+
+
+def run_ours(package: Path, share: Path, keys_dir: Path) -> tuple[float, float]:
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--apply-child", str(package), str(share), str(keys_dir)],
+        stdout=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"apply child failed with {proc.returncode}")
+    return json.loads(out)["elapsed"], usage.ru_maxrss / 1024
+
+
+def run_baseline(src: Path, dst: Path) -> float:
+    started = time.perf_counter()
+    subprocess.run(["cp", "-r", str(src), str(dst)], check=True)
+    subprocess.run(["sync"], check=True)
+    return time.perf_counter() - started
+
+
+def bench_case(
+    name: str, work: Path, total: int, file_size: int, keys_dir: Path, hub: PartyKeys, agent: PartyKeys
+) -> dict[str, float]:
+    case = work / name
+    src = case / "src"
+    src.mkdir(parents=True)
+    entries = make_source(src, total, file_size)
+    package = write_package(src, entries, case / "package.edupkg", hub, agent)
+    subprocess.run(["sync"], check=True)
+    size_mb = sum(e.size for e in entries) / 1e6
+    baseline = run_baseline(src, case / "cp-dst")
+    shutil.rmtree(case / "cp-dst")
+    subprocess.run(["sync"], check=True)
+    (case / "share").mkdir()
+    ours, rss = run_ours(package, case / "share", keys_dir)
+    result = {
+        "files": len(entries),
+        "mb": round(size_mb, 1),
+        "mb_s": round(size_mb / ours, 1),
+        "baseline_mb_s": round(size_mb / baseline, 1),
+        "ratio": round(baseline / ours, 3),
+        "peak_rss_mb": round(rss, 1),
+    }
+    print(
+        f"{name}: {len(entries)} files, {size_mb:.0f} MB: ours {result['mb_s']} MB/s "
+        f"({ours:.2f} s), cp -r + sync {result['baseline_mb_s']} MB/s ({baseline:.2f} s), "
+        f"ratio {result['ratio']}, peak RSS {result['peak_rss_mb']} MB",
+        flush=True,
+    )
+    shutil.rmtree(case)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--total-mib", type=int, default=1024, help="MiB per case (default 1024)")
+    parser.add_argument("--dir", default=None, help="work directory (default: a temp dir)")
+    parser.add_argument(
+        "--apply-child", nargs=3, metavar=("PACKAGE", "SHARE", "KEYS"), help=argparse.SUPPRESS
+    )
+    args = parser.parse_args()
+    if args.apply_child:
+        apply_child(*args.apply_child)
+        return
+    total = args.total_mib << 20
+    with tempfile.TemporaryDirectory(prefix="bench-files-", dir=args.dir) as tmp:
+        work = Path(tmp)
+        keys_dir = work / "keys"
+        keys_dir.mkdir()
+        hub = PartyKeys.generate("hub")
+        agent = init_keys(keys_dir / "agent", "agent")
+        (keys_dir / "hub.json").write_text(hub.public_bundle().to_json())
+        small = bench_case("small_files", work, total, min(SMALL_FILE, total), keys_dir, hub, agent)
+        big = bench_case("one_file", work, total, total, keys_dir, hub, agent)
+    print(
+        json.dumps(
+            {
+                "bench": "shares.files",
+                "total_mib": args.total_mib,
+                "small_files": small["files"],
+                "small_mb_s": small["mb_s"],
+                "small_baseline_mb_s": small["baseline_mb_s"],
+                "small_ratio": small["ratio"],
+                "big_mb_s": big["mb_s"],
+                "big_baseline_mb_s": big["baseline_mb_s"],
+                "big_ratio": big["ratio"],
+                "ratio": min(small["ratio"], big["ratio"]),
+                "peak_rss_mb": big["peak_rss_mb"],
+                "small_peak_rss_mb": small["peak_rss_mb"],
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
