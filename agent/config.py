@@ -328,6 +328,26 @@ def _name(value: str) -> str:
     return value
 
 
+def _ssh_private_key(value: Path) -> Path:
+    """Catch the classic mistakes (the .pub file, a passphrase) before the first connection."""
+    import paramiko
+
+    encrypted = "the key is passphrase-protected; the agent needs an unencrypted key (0600)"
+    try:
+        paramiko.PKey.from_path(value)
+    except paramiko.PasswordRequiredException:
+        raise ValueError(encrypted) from None
+    except TypeError as exc:  # paramiko's way of saying so for OpenSSH-format keys
+        if "password" not in str(exc):
+            raise
+        raise ValueError(encrypted) from None
+    except (paramiko.SSHException, ValueError, OSError) as exc:
+        raise ValueError(
+            f"not an SSH private key ({type(exc).__name__}; is it the .pub file?): {value}"
+        ) from None
+    return value
+
+
 def _party_id(value: str) -> str:
     """The agent's id is a party id of the exchange protocol (it names directories on the platform)."""
     from protocol.errors import LayoutError
@@ -639,7 +659,7 @@ class PlatformSection(_Section):
     transport: Literal["sftp", "local"]
     url: Annotated[Text, AfterValidator(_no_url_password)]
     host_key: Annotated[Text, AfterValidator(_normalize_host_key)] | None = None
-    identity_file: ReadableFile | None = None
+    identity_file: Annotated[ReadableFile, AfterValidator(_ssh_private_key)] | None = None
     public_keys: Annotated[ReadableFile, AfterValidator(_public_bundle)]
     poll_interval: Duration = timedelta(minutes=1)
     connect_timeout: Duration = timedelta(seconds=30)
@@ -1111,6 +1131,7 @@ def config_warnings(config: AgentConfig, environ: Mapping[str, str] | None = Non
     ):
         if not directory.is_dir():
             warn(key, f"directory does not exist yet: {directory}")
+    warnings.extend(source.issue(key, message) for key, message in _key_warnings(config))
     if config.platform.identity_file is not None:
         mode = stat.S_IMODE(config.platform.identity_file.stat().st_mode)
         if mode & 0o077:
@@ -1126,6 +1147,35 @@ def config_warnings(config: AgentConfig, environ: Mapping[str, str] | None = Non
     if subs.default_database is None and subs.default_share is None and not subs.overrides:
         warn(("subscriptions",), "no default target and no override: every subscription will be unmapped")
     return warnings
+
+
+def _key_warnings(config: AgentConfig) -> Iterator[tuple[KeyPath, str]]:
+    """The agent's own keys: present, and made for this agent id."""
+    from protocol.errors import KeysError
+    from protocol.keys import BUNDLE_FILE, load_bundle
+
+    keys_dir = config.agent.keys_dir
+    if not keys_dir.is_dir():
+        return
+    if not (keys_dir / BUNDLE_FILE).exists():
+        yield (
+            ("agent", "keys_dir"),
+            (f"no keys in {keys_dir} yet: run edu-agent keys init --dir {keys_dir} --id {config.agent.id}"),
+        )
+        return
+    try:
+        own = load_bundle(keys_dir / BUNDLE_FILE)
+        platform = load_bundle(config.platform.public_keys)
+    except KeysError as exc:
+        yield ("agent", "keys_dir"), f"cannot read the agent's public bundle: {exc}"
+        return
+    if own.party_id != config.agent.id:
+        yield (
+            ("agent", "id"),
+            f"the keys in {keys_dir} were made for {own.party_id!r}, not {config.agent.id!r}",
+        )
+    if platform.signing_public_key == own.signing_public_key:
+        yield ("platform", "public_keys"), "this is the agent's own bundle, not the platform's"
 
 
 def _warn_secret(warn: Any, key: KeyPath, ref: SecretRef | None, environ: Mapping[str, str] | None) -> None:

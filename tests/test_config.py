@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import subprocess
 import textwrap
 from datetime import timedelta
 from pathlib import Path
@@ -27,10 +28,12 @@ from agent.config import (
     parse_host_key,
     parse_size,
 )
+from protocol.keys import init_keys
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "config.example.yaml"
 BUNDLE = REPO / "examples" / "platform-bundle.json"
+IDENTITY = REPO / "examples" / "keys" / "agent_ssh_ed25519"
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKcaEXgzi2XlO5Q81mMRkjDhH9wnYQDx+Lwi+K0cDHbE"
 
 # A complete, valid config; tests edit a line or two. Line numbers matter in assertions.
@@ -61,11 +64,12 @@ subscriptions:
 @pytest.fixture
 def site(tmp_path: Path) -> Path:
     """A config directory holding the files BASE refers to."""
-    (tmp_path / "id_ed25519").write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n(test)\n")
+    shutil.copy(IDENTITY, tmp_path / "id_ed25519")
     (tmp_path / "id_ed25519").chmod(0o600)
     shutil.copy(BUNDLE, tmp_path / "platform.json")
-    for name in ("state", "keys", "share"):
+    for name in ("state", "share"):
         (tmp_path / name).mkdir()
+    init_keys(tmp_path / "keys", "school-1")
     return tmp_path
 
 
@@ -301,6 +305,42 @@ def test_local_transport_relative_directory(site: Path) -> None:
     text = text.replace("url: exchange", "url: missing-dir")
     (error,) = errors_of(write(site, text))
     assert error.endswith(f":7 platform.url: the platform directory does not exist: {site / 'missing-dir'}")
+
+
+def test_identity_file_must_be_an_unencrypted_private_key(site: Path) -> None:
+    shutil.copy(IDENTITY.with_suffix(".pub"), site / "id_ed25519")
+    (error,) = errors_of(write(site, BASE))
+    assert ":9 platform.identity_file: not an SSH private key" in error and "is it the .pub file?" in error
+    (site / "id_ed25519").unlink()
+    (site / "id_ed25519.pub").unlink(missing_ok=True)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "a passphrase", "-f", str(site / "id_ed25519")],
+        check=True,
+    )
+    (error,) = errors_of(write(site, BASE))
+    assert ":9 platform.identity_file: the key is passphrase-protected" in error
+
+
+def test_agent_keys_are_checked_against_the_agent_id(site: Path) -> None:
+    shutil.rmtree(site / "keys")
+    (site / "keys").mkdir()
+    config = load_config(write(site, BASE))
+    (message,) = [str(w).split(" ", 1)[1] for w in config_warnings(config)]
+    assert message == (
+        f"agent.keys_dir: no keys in {site / 'keys'} yet: "
+        f"run edu-agent keys init --dir {site / 'keys'} --id school-1"
+    )
+    shutil.rmtree(site / "keys")
+    init_keys(site / "keys", "another-school")
+    config = load_config(write(site, BASE))
+    (message,) = [str(w).split(" ", 1)[1] for w in config_warnings(config)]
+    assert message == f"agent.id: the keys in {site / 'keys'} were made for 'another-school', not 'school-1'"
+    shutil.rmtree(site / "keys")
+    init_keys(site / "keys", "school-1")
+    assert config_warnings(load_config(write(site, BASE))) == []
+    shutil.copy(site / "keys" / "bundle.json", site / "platform.json")
+    (message,) = [str(w).split(" ", 1)[1] for w in config_warnings(load_config(write(site, BASE)))]
+    assert message == "platform.public_keys: this is the agent's own bundle, not the platform's"
 
 
 def test_public_keys_must_be_a_bundle(site: Path) -> None:

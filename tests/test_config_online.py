@@ -12,7 +12,7 @@ import pytest
 from agent import exitcodes
 from agent.cli import main
 from tests.sshd import Account, SshdServer
-from tests.test_config import BASE, BUNDLE, write
+from tests.test_config import BASE, BUNDLE, IDENTITY, write
 
 
 def _site(tmp_path: Path) -> Path:
@@ -36,7 +36,7 @@ def _local_config(site: Path, databases: dict[str, str]) -> Path:
 
 def test_offline_check_opens_no_connection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     site = _site(tmp_path)
-    (site / "id_ed25519").write_text("key")
+    shutil.copy(IDENTITY, site / "id_ed25519")
     (site / "id_ed25519").chmod(0o600)
     text = BASE.replace(
         "    main: sqlite:///main.db\n",
