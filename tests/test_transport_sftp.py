@@ -460,7 +460,7 @@ def test_file_replaced_between_attempts_is_fetched_afresh(
 ) -> None:
     """Resuming is only sound onto the same file: if it changed on the server while the
     connection was down, the download starts over instead of splicing two files."""
-    path, _ = _big_file(sftp_account, "p", 24)  # more than the reads in flight (8 MiB)
+    path, _ = _big_file(sftp_account, "p", 24)  # far more than the reads in flight (4 MiB)
     replacement = os.urandom(24 * 1024 * 1024)
     done_once: list[int] = []
 

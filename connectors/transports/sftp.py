@@ -77,9 +77,12 @@ class SftpSettings:
     operation_timeout: float = 60.0
     keepalive_interval: float = 30.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
-    prefetch_requests: int = 32
+    # Reads in flight: 16 x 255 KiB ~ 4 MiB, enough for a WAN round trip. The SSH window matches
+    # it: paramiko's channel buffer moves its whole backlog on every read, so a window far above
+    # what is in flight only costs CPU (measured: 32 MiB used ~1.7x the CPU of 4 MiB on loopback).
+    prefetch_requests: int = 16
     request_size: int = MAX_REQUEST_SIZE
-    window_size: int = 32 * 1024 * 1024
+    window_size: int = 4 * 1024 * 1024
     max_packet_size: int = 256 * 1024
 
     def __post_init__(self) -> None:
