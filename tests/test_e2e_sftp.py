@@ -6,6 +6,7 @@ The hub's exchange directory for the agent *is* the agent's chroot; the agent ru
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -124,3 +125,51 @@ def test_wrong_host_key_is_refused(sftp_site: tuple[Site, Account], sshd: SshdSe
     assert not (site.share / "files").exists()
     queued = [p.name for p in (site.state / "outqueue").iterdir()]
     assert any(n.endswith("-heartbeat.json") for n in queued)  # kept for when the platform is trusted again
+
+
+def test_sshd_killed_mid_transfer_agent_resumes(sftp_site: tuple[Site, Account], sshd: SshdServer) -> None:
+    """A crashed exchange server during a package download: the agent resumes and ends correct."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    site, _account = sftp_site
+    source = site.root / "files"
+    big = source / "录像/开学典礼.bin"
+    big.parent.mkdir(parents=True)
+    with open(big, "wb") as fh:  # incompressible, so the package is as large as the file
+        for _ in range(48):
+            fh.write(os.urandom(1 << 20))
+    _write(source / "说明.txt", "开学典礼录像\n")
+    site.add_file_subscription("video", source)
+    site.publish()
+    incoming = site.state / "incoming"
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "-c", str(site.config), "--once"],
+                            cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 60
+    killed_at = 0
+    while time.monotonic() < deadline and proc.poll() is None:
+        parts = list(incoming.glob("video.*.pkg")) if incoming.exists() else []
+        size = parts[0].stat().st_size if parts else 0
+        if size > 4 << 20:
+            sshd.kill()
+            killed_at = size
+            break
+        time.sleep(0.005)
+    assert killed_at, "the download finished before the server could be killed"
+    time.sleep(1.5)
+    sshd.start()
+    output, _ = proc.communicate(timeout=120)
+    if proc.returncode != 0:  # the retry window closed first: the next run resumes the partial file
+        assert site.run_once() == 0, output
+    else:
+        assert '"event": "sftp.resume"' in output  # reconnected within the run, continued at an offset
+    assert (site.share / "video" / "录像" / "开学典礼.bin").read_bytes() == big.read_bytes()
+    assert (site.share / "video" / "说明.txt").read_text(encoding="utf-8") == "开学典礼录像\n"
+    row = site.reports()[(site.agent, "video")]
+    assert row.state == "ok" and row.digest_match is True
+    received = [json.loads(line) for line in (site.state / "audit.log").read_text().splitlines()
+                if '"package.received"' in line]
+    assert len(received) == 1  # one package, fetched once across the crash (resumed, not restarted)
