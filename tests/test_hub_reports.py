@@ -150,3 +150,51 @@ def test_every_state(tmp_path: Path, sqlite_url: str, capsys: Any) -> None:
     text = capsys.readouterr().out
     assert "INVALID outbox files" in text and "offline" in text
     engine.dispose()
+
+
+def test_requests_are_honoured_once(tmp_path: Path, sqlite_url: str) -> None:
+    from tests.test_hub_common import ReplayAgent, source_state
+
+    engine = sa.create_engine(sqlite_url)
+    table = staff_table(sa.MetaData())
+    table.metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(
+            table.insert(),
+            [{"ID": i, "XM": "a", "STATUS": "active", "UPDATETIME": "2026-01-01 00:00:00"} for i in range(5)],
+        )
+    hub = HubFixture(tmp_path, ["ok-1", "lag-2"])
+    hub.add_subscription(subscription_text(sqlite_url, agents=("ok-1", "lag-2")))
+    hub.publish()
+    asking, quiet = ReplayAgent(hub, "lag-2"), ReplayAgent(hub, "ok-1")
+    assert asking.catch_up() == 1 and quiet.catch_up() == 1
+    request = {
+        "type": "request",
+        "subscription_id": "staff",
+        "request_id": "r1",
+        "request": "resync",
+        "buckets": [],
+        "files": [],
+        "reason": "local table lost",
+    }
+    _send(hub, "lag-2", request, kind="request", seq=1)
+    hub.publish()
+    assert asking.catch_up() == 1 and asking.headers[-1].kind == "snapshot"
+    assert quiet.catch_up() == 0  # nothing changed for the agent that did not ask
+    hub.publish()
+    assert asking.catch_up() == 0  # a request is honoured once
+    _send(
+        hub,
+        "lag-2",
+        {**request, "request_id": "r2", "request": "resend_buckets", "buckets": [3]},
+        kind="request",
+        seq=2,
+    )
+    # a forged request (signed by another agent) is ignored
+    _send(hub, "lag-2", {**request, "request_id": "r3"}, kind="request", seq=3, signer=hub.agent_keys["ok-1"])
+    hub.publish()
+    assert asking.catch_up() == 1 and asking.headers[-1].kind == "snapshot"
+    hub.publish()
+    assert asking.catch_up() == 0
+    assert asking.table() == quiet.table() == source_state(sqlite_url)
+    engine.dispose()
