@@ -228,8 +228,8 @@ class PackageWriter:
         catalog = check_object(catalog if catalog is not None else {}, "catalog")
         if schema is None:
             schema = []
-        if not isinstance(schema, (list, tuple)):
-            raise InvalidFieldError("schema must be a list of column objects")
+        if not isinstance(schema, (list, tuple)) or not all(isinstance(c, Mapping) for c in schema):
+            raise InvalidFieldError("schema must be a list of column objects (dicts)")
         check_json_value(list(schema), "schema")
         self._fields: dict[str, Any] = {
             "format": FORMAT_VERSION,
@@ -316,7 +316,7 @@ class PackageWriter:
             chunk_nonce(self._index, final), compressed, self._ad_prefix + self._index.to_bytes(8, "big"), out
         )
         self._hash.update(out)
-        self._spool.write(out)
+        _write_all(self._spool.fileno(), out)
         self._index += 1
         self._ciphertext_bytes += len(out)
 
@@ -407,7 +407,7 @@ class PackageWriter:
             self.abort()
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
@@ -446,6 +446,18 @@ def _fsync_dir(directory: Path) -> None:
 
 
 # ------------------------------------------------------------------------------- reader
+
+
+def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
+    """Open a package for reading; refuse FIFOs, devices and directories without blocking on them."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise FormatError(f"{path} is not a regular file")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 @dataclass(frozen=True)
@@ -634,7 +646,7 @@ def read_header(
     For sorting and routing: signature, sender, recipient (if given), expiry (unless
     ``check_expiry=False``) and suite are checked exactly as :func:`open_package` does.
     """
-    with open(path, "rb") as handle:
+    with open_regular(path) as handle:
         envelope = read_envelope(handle.fileno())
     signer = verify_signature(envelope, trusted_senders)
     return _check_header(envelope, signer, recipient, _resolve_now(now, check_expiry))
@@ -642,7 +654,7 @@ def read_header(
 
 def read_unverified_header(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The header JSON WITHOUT any verification — for diagnostics (``inspect``) only."""
-    with open(path, "rb") as handle:
+    with open_regular(path) as handle:
         envelope = read_envelope(handle.fileno())
     try:
         data = json.loads(envelope.header_raw)
@@ -714,11 +726,9 @@ def open_package(
     Nothing is decrypted unless signature, sender, recipient, expiry, suite, payload size
     and payload digest all check out.  ``trusted_senders`` maps party ids to pinned bundles.
     """
-    handle = open(path, "rb")  # noqa: SIM115 -- owned by the returned Package
+    handle = open_regular(path)
     try:
         fd = handle.fileno()
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise FormatError(f"{path} is not a regular file")
         envelope = read_envelope(fd)
         signer = verify_signature(envelope, trusted_senders)
         header = _check_header(envelope, signer, recipient, _resolve_now(now, True))
@@ -993,7 +1003,7 @@ def inspect_package(
     if not trusted_senders:
         checks["signature"] = ("skipped", "no pinned sender bundle given (--sender-bundle)")
         return skip_rest("the signature was not checked")
-    with open(path, "rb") as handle:
+    with open_regular(path) as handle:
         fd = handle.fileno()
         envelope = read_envelope(fd)
         try:

@@ -10,6 +10,7 @@ import pytest
 
 from protocol.errors import (
     ExpiredError,
+    FormatError,
     InvalidFieldError,
     PackageError,
     UnknownSenderError,
@@ -237,3 +238,26 @@ def test_read_header_checks_without_decrypting(tmp_path: Path) -> None:
     assert read_header(path, trusted_senders=TRUSTED, now=NOW + timedelta(days=2), check_expiry=False)
     with pytest.raises(UnknownSenderError, match="not a pinned sender key"):
         read_header(path, trusted_senders={"school-2": OTHER_AGENT.public_bundle()}, now=NOW)
+
+
+def test_fifo_and_directory_are_refused_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "s.000000000001.0123456789abcdef0123456789abcdef.pkg"
+    os.mkfifo(fifo)
+    for path in (fifo, tmp_path):
+        with pytest.raises(FormatError, match="not a regular file"):
+            open_package(path, trusted_senders=TRUSTED, recipient=AGENT, now=NOW)
+        with pytest.raises(FormatError, match="not a regular file"):
+            read_header(path, trusted_senders=TRUSTED, now=NOW)
+
+
+def test_schema_must_be_a_list_of_objects(tmp_path: Path) -> None:
+    with pytest.raises(InvalidFieldError, match="list of column objects"):
+        PackageWriter(
+            tmp_path / "p.pkg",
+            kind="snapshot",
+            sender=PLATFORM,
+            recipient=AGENT.public_bundle(),
+            subscription="s",
+            sequence=1,
+            schema=["ID"],  # type: ignore[list-item]
+        )
