@@ -647,6 +647,12 @@ def parse_host_key(line: str) -> tuple[str, bytes]:
     return key_type, blob
 
 
+_SFTP_REQUIRED = {
+    "host_key": "required for sftp: pin the platform's SSH host key",
+    "identity_file": "required for sftp: the agent's SSH private key file",
+}
+
+
 def _normalize_host_key(value: str) -> str:
     """Keep ``keytype base64`` of a known_hosts line (host pattern and comment dropped)."""
     key_type, blob = parse_host_key(value)
@@ -683,10 +689,7 @@ class PlatformSection(_Section):
                 _ = self.sftp
             except ValueError as exc:
                 problems.append(("url", str(exc)))
-            if self.host_key is None:
-                problems.append(("host_key", "required for sftp: pin the platform's SSH host key"))
-            if self.identity_file is None:
-                problems.append(("identity_file", "required for sftp: the agent's SSH private key file"))
+            problems.extend((k, m) for k, m in _SFTP_REQUIRED.items() if getattr(self, k) is None)
         else:
             local = self.local_dir
             if not local.is_dir():
@@ -1051,6 +1054,11 @@ def _cross_references(data: Any) -> Iterator[tuple[KeyPath, str]]:
     when other parts of the file are still wrong."""
     if not isinstance(data, dict):
         return
+    platform = _mapping(data.get("platform"))
+    if platform.get("transport") == "sftp":
+        for key, message in _SFTP_REQUIRED.items():
+            if platform.get(key) is None:
+                yield ("platform", key), message
     targets = _mapping(data.get("targets"))
     databases = _mapping(targets.get("databases"))
     shares = _mapping(targets.get("shares"))
@@ -1111,7 +1119,7 @@ def load_config(path: str | os.PathLike[str]) -> AgentConfig:
             issues.extend(source.issue(loc, message) for loc, message in _messages(error))
     issues.extend(source.issue(loc, message) for loc, message in _cross_references(document.data))
     if issues or config is None:
-        issues.sort(key=lambda i: (i.line or 0, i.key))
+        issues = sorted(set(issues), key=lambda i: (i.line or 0, i.key, i.message))
         raise ConfigError(issues)
     config._source = source
     return config
