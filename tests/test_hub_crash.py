@@ -19,13 +19,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.slow
-def test_publish_killed_at_random_points(tmp_path: Path, sqlite_url: str) -> None:
+def test_publish_killed_at_random_points(tmp_path: Path, db_url: str) -> None:
     rng = random.Random(4)
-    engine = sa.create_engine(sqlite_url)
+    rounds = 12 if db_url.startswith("sqlite") else 6
+    engine = sa.create_engine(db_url)
     table = staff_table(sa.MetaData())
     table.metadata.create_all(engine)
     hub = HubFixture(tmp_path, ["school-1", "school-2"])
-    hub.add_subscription(subscription_text(sqlite_url, agents=("school-1", "school-2")))
+    hub.add_subscription(subscription_text(db_url, agents=("school-1", "school-2")))
     with engine.begin() as conn:
         conn.execute(
             table.insert(),
@@ -42,7 +43,7 @@ def test_publish_killed_at_random_points(tmp_path: Path, sqlite_url: str) -> Non
         )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     killed = 0
-    for run in range(12):
+    for run in range(rounds):
         with engine.begin() as conn:  # a change per round: updates, inserts, deletes
             stamp = f"2026-02-{run + 1:02d} 00:00:00"
             ids = rng.sample(range(1, 3000), 40)
@@ -77,12 +78,12 @@ def test_publish_killed_at_random_points(tmp_path: Path, sqlite_url: str) -> Non
         for agent in ("school-1", "school-2"):  # never a partial file under a package name
             for name in os.listdir(hub.inbox(agent)):
                 assert not name.startswith("."), f"temporary file visible in the inbox: {name}"
-    assert killed >= 3, "the kill points never hit a running publish; make the table bigger"
+    assert killed >= 2, "the kill points never hit a running publish; make the table bigger"
     hub.publish()  # the re-run completes whatever was interrupted
     for agent in ("school-1", "school-2"):
         replay = ReplayAgent(hub, agent)
         replay.catch_up()  # asserts contiguous sequences, signed digests equal to the replayed state
-        assert replay.table() == source_state(sqlite_url)
+        assert replay.table() == source_state(db_url)
     leftovers = [n for n in os.listdir(hub.root / "spool")]
     assert leftovers == [], leftovers
     engine.dispose()
