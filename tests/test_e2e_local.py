@@ -467,3 +467,42 @@ def test_status_and_audit_commands(site: Site, capsys: pytest.CaptureFixture[str
     requests = [d for d in site.outbox_documents() if d["type"] == "request"]
     assert requests[-1]["request"] == "resync" and requests[-1]["subscription_id"] == "files"
     assert os.stat(site.state).st_mode & 0o077 == 0
+
+
+def test_digest_mismatch_requests_buckets_and_hub_repairs(site: Site, sqlite_url: str) -> None:
+    """A row changed locally, then updated by a delta: the digest after apply no longer matches the
+    signed one; the receipt says so, a resend of that bucket is requested, the hub's next publish
+    honours it and the agent is back in step."""
+    import sqlalchemy as sa
+
+    site.databases = {"main": sqlite_url}
+    site.write_config()
+    source = StaffSource(site.root / "source.db")
+    source.upsert(range(1, 201))
+    site.add_table_subscription("staff", source.path, "T_JZGJBXX")
+    site.publish()
+    assert site.run_once() == 0
+    engine = sa.create_engine(sqlite_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("""UPDATE "T_JZGJBXX" SET "XM" = '篡改' WHERE "GH" = 'T00100'"""))
+    engine.dispose()
+    source.upsert(range(100, 101), title="教授")  # the platform changes exactly that row
+    site.publish()
+    site.run_once()
+    docs = site.outbox_documents()
+    receipt = next(d for d in docs if d["type"] == "apply_receipt" and d["sequence"] == 2)
+    assert receipt["digest_match"] is False and len(receipt["mismatched_buckets"]) == 1
+    request = next(d for d in docs if d["type"] == "request")
+    assert request["request"] == "resend_buckets" and request["buckets"] == receipt["mismatched_buckets"]
+    assert site.reports()[(site.agent, "staff")].state == "error"
+    status = site.status()["subscriptions"][0]
+    assert status["digest_match"] is False and status["mismatch"] == request["buckets"]
+    assert agent_main(["status", "-c", str(site.config)]) == 1
+    events = [e for e in site.audit_events() if e["event"] == "digest.mismatch"]
+    assert events[0]["buckets"] == request["buckets"]
+
+    site.publish()  # honours the request: the current rows of that bucket
+    assert site.run_once() == 0
+    assert table_rows(sqlite_url, "T_JZGJBXX") == source.rows()
+    assert site.reports()[(site.agent, "staff")].state == "ok"
+    assert site.status()["subscriptions"][0]["digest_match"] is True
