@@ -277,6 +277,8 @@ def parse_header(raw: bytes, data: Mapping[str, Any]) -> PackageHeader:
         raise HeaderFormatError(str(exc)) from exc
     if "builds_on" not in data:
         raise HeaderFormatError("header field builds_on is missing")
+    if builds_on is not None and builds_on >= sequence:
+        raise HeaderFormatError(f"header builds_on {builds_on} is not below sequence {sequence}")
     counts_raw = _get(data, "counts", dict)
     try:
         counts = validate_counts(counts_raw, allow_plaintext=True)

@@ -152,3 +152,11 @@ def test_cli_show_refuses_loose_permissions(tmp_path: Path, capsys: pytest.Captu
     os.chmod(tmp_path / "k" / SIGNING_KEY_FILE, 0o644)
     assert main(["keys", "show", "--dir", str(tmp_path / "k")]) == 1
     assert "chmod 600" in capsys.readouterr().err
+
+
+def test_existing_loose_directory_is_tightened(tmp_path: Path) -> None:
+    directory = tmp_path / "k"
+    directory.mkdir(mode=0o755)
+    os.chmod(directory, 0o755)  # noqa: S103 -- the loose mode is the point of the test
+    init_keys(directory, "school-1")
+    assert mode(directory) == 0o700

@@ -261,3 +261,16 @@ def test_schema_must_be_a_list_of_objects(tmp_path: Path) -> None:
             sequence=1,
             schema=["ID"],  # type: ignore[list-item]
         )
+
+
+def test_plaintext_feeds_the_csv_module(tmp_path: Path) -> None:
+    """The tables store parses CSV straight from the file object, without a copy in memory."""
+    import csv
+    import io
+
+    rows = [["U", "1", "张三", ""], ["D", "2", "", ""]]
+    text = 'U,"1","张三",""\nD,"2",,\n'
+    path = write_package(tmp_path, text.encode())
+    with open_package(path, trusted_senders=TRUSTED, recipient=AGENT, now=NOW) as package:
+        reader = csv.reader(io.TextIOWrapper(package.plaintext(), encoding="utf-8", newline=""))
+        assert list(reader) == rows

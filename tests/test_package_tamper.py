@@ -423,3 +423,10 @@ def test_several_zstd_frames_are_one_stream(original: Path, tmp_path: Path) -> N
         assert package.plaintext().read() == PAYLOAD
     error, released, _ = attempt(path, craft(original, frames, declared=half))
     assert type(error) is PlaintextTooLongError and released == PAYLOAD[: len(released)]
+
+
+def test_signed_header_with_builds_on_not_below_sequence(original: Path, tmp_path: Path) -> None:
+    header, payload = split(original)
+    header["builds_on"] = header["sequence"]
+    error = rejected_before_decryption(tmp_path / "p", assemble(header, payload), HeaderFormatError)
+    assert "builds_on" in str(error)
