@@ -59,7 +59,7 @@ def staff_row(i: int, variant: int = 0) -> list[str | None]:
         f"20{10 + i % 15:02d}-09-01 08:30:00" + (".25" if i % 3 == 0 else ""),
         f"2026-11-{1 + (i + variant) % 28:02d} 13:15:36",
         None if i % 4 else "\\x" + bytes([i % 256, (i + variant) % 256]).hex(),
-        None if i % 5 == 0 else ("" if i % 5 == 1 else f"备注,含\"引号\"\n第{variant}版"),
+        None if i % 5 == 0 else ("" if i % 5 == 1 else f'备注,含"引号"\n第{variant}版'),
     ]
 
 
@@ -98,7 +98,9 @@ class Source:
         self.rows = {self.key(r): list(r) for r in rows}
         self.sequence += 1
         payload = b"".join(encode_record("U", r) for r in self.rows.values())
-        header = Header("snapshot", f"pkg-{self.sequence}", self.subscription, self.sequence, None, self.schema)
+        header = Header(
+            "snapshot", f"pkg-{self.sequence}", self.subscription, self.sequence, None, self.schema
+        )
         header.expected_state = self.expected()
         return header, payload
 
@@ -142,7 +144,9 @@ def table_contents(url: str, table: str, schema: list[dict[str, Any]]) -> set[st
                 conn.exec_driver_sql("SET time_zone = '+00:00'")
             preparer = conn.dialect.identifier_preparer
             names = ", ".join(preparer.quote_identifier(c.name) for c in columns)
-            rows = conn.exec_driver_sql(f"SELECT {names} FROM {preparer.quote_identifier(table)}", ()).fetchall()
+            rows = conn.exec_driver_sql(
+                f"SELECT {names} FROM {preparer.quote_identifier(table)}", ()
+            ).fetchall()
     finally:
         engine.dispose()
     return {encode_values([canonicalize(v, c) for v, c in zip(row, columns, strict=True)]) for row in rows}

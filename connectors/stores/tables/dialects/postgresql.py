@@ -84,7 +84,8 @@ class _CopyLoader(SnapshotLoader):
 
     def __init__(self, conn: Connection, sql: str) -> None:
         self.cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        self.context = self.cursor.copy(sql)
+        # no parameters here, so the %% that quoting doubled for pyformat must be single again
+        self.context = self.cursor.copy(sql.replace("%%", "%"))
         self.copy = self.context.__enter__()
         self.open = True
 
