@@ -46,6 +46,7 @@ MAX_HEADER_BYTES = 4 * 1024 * 1024
 MAX_MANIFEST_BYTES = 2 * 1024 * 1024
 MAX_EXPECTED_STATE_BYTES = 256 * 1024
 MAX_SAFE_INTEGER = 2**53 - 1
+MAX_DEPTH = 32  # nesting of JSON values; deeper input is refused, never recursed into
 PLAINTEXT_BYTES = "plaintext_bytes"
 
 _COUNT_KEY_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
@@ -63,9 +64,11 @@ def canonical_json(value: Any) -> bytes:
 
 def check_json_value(value: Any, where: str) -> None:
     """Reject anything canonical JSON cannot carry identically across implementations."""
-    stack: list[tuple[Any, str]] = [(value, where)]
+    stack: list[tuple[Any, str, int]] = [(value, where, 0)]
     while stack:
-        item, path = stack.pop()
+        item, path, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise InvalidFieldError(f"{path}: nested deeper than {MAX_DEPTH} levels")
         if item is None or isinstance(item, (str, bool)):
             continue
         if isinstance(item, int):
@@ -75,9 +78,9 @@ def check_json_value(value: Any, where: str) -> None:
             for key, sub in item.items():
                 if not isinstance(key, str):
                     raise InvalidFieldError(f"{path}: object key {key!r} is not a string")
-                stack.append((sub, f"{path}.{key}"))
+                stack.append((sub, f"{path}.{key}", depth + 1))
         elif isinstance(item, (list, tuple)):
-            stack.extend((sub, f"{path}[{i}]") for i, sub in enumerate(item))
+            stack.extend((sub, f"{path}[{i}]", depth + 1) for i, sub in enumerate(item))
         else:
             raise InvalidFieldError(
                 f"{path}: {type(item).__name__} is not allowed in a header (use strings for decimals)"
@@ -233,7 +236,7 @@ def decode_header_json(raw: bytes) -> dict[str, Any]:
     """Parse header bytes and insist they are exactly canonical."""
     try:
         data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise HeaderFormatError(f"header is not UTF-8 JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise HeaderFormatError("header is not a JSON object")

@@ -513,7 +513,7 @@ def _claimed_sender(header_raw: bytes) -> str:
     try:
         data = json.loads(header_raw)
         return f"claims sender {str(data.get('sender'))[:64]!r}"
-    except (ValueError, AttributeError, UnicodeDecodeError):
+    except (ValueError, AttributeError, UnicodeDecodeError, RecursionError):
         return "header unreadable"
 
 
@@ -658,7 +658,7 @@ def read_unverified_header(path: str | os.PathLike[str]) -> dict[str, Any]:
         envelope = read_envelope(handle.fileno())
     try:
         data = json.loads(envelope.header_raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise HeaderFormatError(f"header is not JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise HeaderFormatError("header is not a JSON object")

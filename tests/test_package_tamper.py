@@ -430,3 +430,26 @@ def test_signed_header_with_builds_on_not_below_sequence(original: Path, tmp_pat
     header["builds_on"] = header["sequence"]
     error = rejected_before_decryption(tmp_path / "p", assemble(header, payload), HeaderFormatError)
     assert "builds_on" in str(error)
+
+
+def test_hostile_unsigned_header_is_never_parsed_deeply(tmp_path: Path) -> None:
+    """A 4 MiB header of nested arrays under an unknown key: a clean error, no RecursionError."""
+    from protocol.header import MAX_HEADER_BYTES
+    from protocol.package import inspect_package
+
+    raw = b"[" * (MAX_HEADER_BYTES // 2) + b"]" * (MAX_HEADER_BYTES // 2)
+    data = PREFIX + len(raw).to_bytes(4, "big") + raw + bytes(32) + b"\x00\x40" + bytes(64)
+    error = rejected_before_decryption(tmp_path / "p", data, UnknownSenderError)
+    assert "header unreadable" in str(error)
+    result = inspect_package(tmp_path / "p", trusted_senders=TRUSTED)
+    assert not result.ok and result.checks["signature"][0] == "failed"
+
+
+def test_writer_refuses_deeply_nested_values(tmp_path: Path) -> None:
+    from protocol.errors import InvalidFieldError
+
+    nested: list[object] = []
+    for _ in range(100):
+        nested = [nested]
+    with pytest.raises(InvalidFieldError, match="nested deeper"):
+        write_package(tmp_path, b"x", manifest={"deep": nested})
