@@ -296,8 +296,9 @@ def _construct(node: yaml.Node, path: tuple[str | int, ...], lines: dict[tuple[s
                 raise CatalogError(f"line {key_node.start_mark.line + 1}: keys must be strings, got {key!r}")
             if key in out:
                 raise CatalogError(f"line {key_node.start_mark.line + 1}: duplicate key {key!r}")
-            out[key] = _construct(value_node, (*path, key), lines)
-            lines[(*path, key)] = key_node.start_mark.line + 1  # the line that names the field
+            field_path = (*path, key)
+            out[key] = _construct(value_node, field_path, lines)
+            lines[field_path] = key_node.start_mark.line + 1  # the line that names the field
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_construct(item, (*path, i), lines) for i, item in enumerate(node.value)]

@@ -20,13 +20,20 @@ from hub.state import PublishState
 from protocol.errors import PackageError, ProtocolError
 from protocol.keys import PartyKeys, PublicBundle, load_keys
 from protocol.layout import OUTBOX, sorted_packages
-from protocol.package import open_package
+from protocol.package import open_package, read_header
 
 if TYPE_CHECKING:
     from hub.publish import Publisher
 
 MAX_DOCUMENT_BYTES = 1 << 20
 TYPES = {"heartbeat", "error", "apply_receipt", "deletion_receipt", "request"}
+KIND_OF = {
+    "heartbeat": "report",
+    "error": "report",
+    "apply_receipt": "receipt",
+    "deletion_receipt": "receipt",
+    "request": "request",
+}
 REQUIRED = {
     "heartbeat": ("subscriptions",),
     "error": ("subscription_id", "code", "message"),
@@ -92,26 +99,46 @@ def check_document(body: Any, agent: str, header_subscription: str) -> dict[str,
 
 
 def read_outbox(
-    registry: Registry, keys: PartyKeys, agent: str, bundle: PublicBundle
+    registry: Registry,
+    keys: PartyKeys,
+    agent: str,
+    bundle: PublicBundle,
+    *,
+    channel: str | None = None,
+    kind: str | None = None,
 ) -> tuple[list[Document], list[dict[str, str]]]:
-    """Every valid document of one agent's outbox, and the invalid files with the reason."""
+    """Every valid document of one agent's outbox, and the invalid files with the reason.
+
+    ``channel``/``kind`` narrow the read: other file names are skipped, and a package whose
+    (verified) header is of another kind is not decrypted.
+    """
     outbox = registry.exchange_dir / agent / OUTBOX
     if not outbox.is_dir():
         return [], []
     packages, foreign = sorted_packages(os.listdir(outbox))
     documents: list[Document] = []
     invalid = [{"agent": agent, "file": name, "reason": "not a package file name"} for name in foreign]
+    trusted = {agent: bundle}
     for name in packages:
+        if channel is not None and name.channel != channel:
+            continue
         path = outbox / name.filename
         try:
-            with open_package(path, trusted_senders={agent: bundle}, recipient=keys) as package:
-                if package.header.sender != agent:
-                    raise DocumentError(f"signed by {package.header.sender!r}, not {agent!r}")
-                if package.header.plaintext_bytes > MAX_DOCUMENT_BYTES:
-                    raise DocumentError(f"document of {package.header.plaintext_bytes} bytes is too large")
+            if kind is not None and read_header(path, trusted_senders=trusted, recipient=keys).kind != kind:
+                continue
+            with open_package(path, trusted_senders=trusted, recipient=keys) as package:
+                header = package.header
+                if header.sender != agent:
+                    raise DocumentError(f"signed by {header.sender!r}, not {agent!r}")
+                if header.subscription != name.channel or header.package_id != name.package_id:
+                    raise DocumentError("file name disagrees with the signed header")
+                if header.plaintext_bytes > MAX_DOCUMENT_BYTES:
+                    raise DocumentError(f"document of {header.plaintext_bytes} bytes is too large")
                 raw = b"".join(package.iter_plaintext())
-                body = check_document(json.loads(raw.decode("utf-8")), agent, package.header.subscription)
-                documents.append(Document(agent, name.filename, package.header.kind, body))
+                body = check_document(json.loads(raw.decode("utf-8")), agent, header.subscription)
+                if KIND_OF[body["type"]] != header.kind:
+                    raise DocumentError(f"a {body['type']} document in a {header.kind!r} package")
+                documents.append(Document(agent, name.filename, header.kind, body))
         except (ProtocolError, PackageError, DocumentError, ValueError, OSError) as exc:
             invalid.append({"agent": agent, "file": name.filename, "reason": f"{type(exc).__name__}: {exc}"})
     documents.sort(key=lambda d: d.time)
@@ -125,9 +152,11 @@ def pending_requests(
     out = []
     for agent in publisher.registry.agents():
         bundle = PublicBundle.from_dict(agent.bundle)
-        documents, _invalid = read_outbox(publisher.registry, publisher.keys, agent.id, bundle)
+        documents, _invalid = read_outbox(
+            publisher.registry, publisher.keys, agent.id, bundle, channel=subscription_id, kind="request"
+        )
         for doc in documents:
-            if doc.type != "request" or doc.body["subscription_id"] != subscription_id:
+            if doc.type != "request":
                 continue
             if doc.body["request"] not in ("resync", "resend_buckets", "resend_files"):
                 continue
@@ -188,6 +217,7 @@ def collect(
             bundle = PublicBundle.from_dict(agent.bundle)
             documents, invalid = read_outbox(registry, keys, agent.id, bundle)
             summary.invalid.extend(invalid)
+            documents = _drop_superseded_heartbeats(registry, agent.id, documents)
             for sub in subscriptions:
                 if not any(s.agent == agent.id for s in sub.subscribers):
                     continue
@@ -202,6 +232,14 @@ def collect(
     finally:
         registry.close()
     return summary
+
+
+def _drop_superseded_heartbeats(registry: Registry, agent: str, documents: list[Document]) -> list[Document]:
+    """Only the newest heartbeat matters: older ones are deleted so the outbox does not grow forever."""
+    heartbeats = [d for d in documents if d.type == "heartbeat"]
+    for old in heartbeats[:-1]:
+        (registry.exchange_dir / agent / OUTBOX / old.file).unlink(missing_ok=True)
+    return [d for d in documents if d.type != "heartbeat"] + heartbeats[-1:]
 
 
 def _derive(

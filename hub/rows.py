@@ -34,7 +34,6 @@ class RowCodec:
         key = canonical.encode_values([values[i] for i in self.key_positions])
         return key, canonical.encode_values(values)
 
-
     def key_of(self, key_values: Sequence[Any]) -> str:
         """The same key from a keys-only query."""
         return canonical.encode_values(
