@@ -304,7 +304,7 @@ def _base_dir(info: ValidationInfo) -> Path:
 def _resolve_path(value: Path, info: ValidationInfo) -> Path:
     if str(value) in ("", "."):
         raise ValueError("expected a path")
-    return value if value.is_absolute() else _base_dir(info).absolute() / value
+    return value if value.is_absolute() else Path(os.path.normpath(_base_dir(info).absolute() / value))
 
 
 def _readable_file(value: Path) -> Path:
