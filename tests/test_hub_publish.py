@@ -169,3 +169,30 @@ def test_deletes_found_by_key_ranges(tmp_path: Path, db_url: str) -> None:
     assert agent.headers[-1].counts["rows_upserted"] == 1
     assert agent.table() == source_state(db_url)
     engine.dispose()
+
+
+def test_soft_delete_column(tmp_path: Path, sqlite_url: str) -> None:
+    engine = sa.create_engine(sqlite_url)
+    table = staff_table(sa.MetaData())
+    table.metadata.create_all(engine)
+    hub = HubFixture(tmp_path, ["school-1"])
+    hub.add_subscription(
+        subscription_text(sqlite_url, extra="  soft_delete: {column: SECRET, value: DELETED}")
+    )
+    agent = ReplayAgent(hub, "school-1")
+    with engine.begin() as conn:
+        conn.execute(table.insert(), [_row(i, "2026-01-01 08:00:00") for i in range(1, 6)])
+        conn.execute(table.insert(), [{**_row(9, "2026-01-01 08:00:00"), "SECRET": "DELETED"}])
+    hub.publish()
+    assert agent.catch_up() == 1 and len(agent.rows) == 5  # already soft-deleted: never sent
+    with engine.begin() as conn:
+        conn.execute(
+            table.update().where(table.c.ID == 2).values(SECRET="DELETED", UPDATETIME="2026-01-02 00:00:00")
+        )
+    hub.publish()
+    assert agent.catch_up() == 1
+    assert agent.headers[-1].counts["rows_deleted"] == 1 and agent.headers[-1].counts["rows_upserted"] == 0
+    with engine.connect() as conn:
+        live = {r[0] for r in conn.execute(sa.select(table.c.ID).where(table.c.SECRET != "DELETED"))}
+    assert {int(v[0]) for v in agent.rows.values()} == live
+    engine.dispose()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +89,13 @@ def test_every_state(tmp_path: Path, sqlite_url: str, capsys: Any) -> None:
     state.close()
     assert [p.kind for p in packages["gone-5"]] == ["snapshot", "revoke"]
 
-    _heartbeat(hub, "ok-1", 1, applied_sequence=1, digest_match=True)
+    _heartbeat(hub, "ok-1", 1, applied_sequence=0)
+    outbox = hub.root / "exchange" / "ok-1" / OUTBOX
+    (superseded,) = [p.name for p in outbox.iterdir()]
+    time.sleep(1.1)  # document times have second precision
+    _heartbeat(hub, "ok-1", 2, applied_sequence=1, digest_match=True)
+    # a heartbeat document inside a package of kind "receipt": rejected
+    _send(hub, "ok-1", {"type": "heartbeat", "subscriptions": []}, kind="receipt", seq=8)
     _receipt(hub, "ok-1", packages["ok-1"][0])
     _heartbeat(hub, "lag-2", 1)
     _heartbeat(hub, "err-4", 1)
@@ -136,6 +143,8 @@ def test_every_state(tmp_path: Path, sqlite_url: str, capsys: Any) -> None:
     assert "schema_incompatible" in rows["err-4"].detail
     invalid = {(i["agent"], i["file"]) for i in summary.invalid}
     assert ("ok-1", "junk.txt") in invalid
+    assert any(f.startswith("heartbeat.000000000008") for a, f in invalid if a == "ok-1")
+    assert not (outbox / superseded).exists()  # only the newest heartbeat is kept
     assert any(a == "ok-1" and f.startswith("heartbeat.000000000007") for a, f in invalid)
     # acknowledged packages are pruned from the inbox, unacknowledged ones stay
     assert packages["ok-1"][0].filename in summary.pruned
