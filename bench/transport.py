@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -54,9 +55,19 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def ours(
-    server: SshdServer, account: Account, dest: Path, request_size: int, depth: int
-) -> tuple[float, str]:
+@dataclass(frozen=True)
+class Run:
+    seconds: float
+    cpu_seconds: float  # the client's own CPU (ours: this process, all threads; sftp: it and ssh)
+    cipher: str
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def ours(server: SshdServer, account: Account, dest: Path, request_size: int, depth: int) -> Run:
     settings = SftpSettings(
         host="127.0.0.1",
         port=server.port,
@@ -67,16 +78,16 @@ def ours(
         request_size=request_size,
         prefetch_requests=depth,
     )
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     with SftpTransport(settings) as transport:
         transport.fetch("inbox/package.bin", dest)
         cipher = transport._ssh.remote_cipher if transport._ssh else "?"
-    return time.perf_counter() - started, cipher
+    return Run(time.perf_counter() - started, time.process_time() - cpu, cipher)
 
 
 def openssh(
     server: SshdServer, account: Account, dest: Path, workdir: Path, cipher: str | None = None
-) -> tuple[float, str]:
+) -> Run:
     known_hosts = workdir / "known_hosts"
     known_hosts.write_text(server.known_hosts_line() + "\n")
     batch = workdir / "batch"
@@ -87,14 +98,14 @@ def openssh(
         "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
         *(["-c", cipher] if cipher else []), f"{account.user}@127.0.0.1",
     ]  # fmt: skip
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), _children_cpu()
     done = subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    seconds = time.perf_counter() - started
+    seconds, cpu_seconds = time.perf_counter() - started, _children_cpu() - cpu
     # "debug1: kex: server->client cipher: chacha20-poly1305@openssh.com MAC: <implicit> ..."
     ciphers = [
         line.split("cipher:")[1].split()[0] for line in done.stderr.splitlines() if "server->client" in line
     ]
-    return seconds, ciphers[0] if ciphers else "?"
+    return Run(seconds, cpu_seconds, ciphers[0] if ciphers else "?")
 
 
 def main() -> int:
@@ -114,30 +125,38 @@ def main() -> int:
         expected = write_package(account.path("inbox", "package.bin"), args.size_mib)
         dest_dir = base / "downloads"
         dest_dir.mkdir()
-        clients: dict[str, Callable[[Path], tuple[float, str]]] = {
+        clients: dict[str, Callable[[Path], Run]] = {
             "ours": lambda dest: ours(server, account, dest, args.request_kib * 1024, args.depth),
             "openssh": lambda dest: openssh(server, account, dest, base),
             # The same client forced onto our cipher: separates cipher cost from client cost.
             "openssh-gcm": lambda dest: openssh(server, account, dest, base, "aes128-gcm@openssh.com"),
         }
-        times: dict[str, list[float]] = {name: [] for name in clients}
-        ciphers: dict[str, str] = {}
-        for run in range(args.repeat):
+        runs: dict[str, list[Run]] = {name: [] for name in clients}
+        for n in range(args.repeat):
             order = list(clients)
-            for name in order[run % len(order) :] + order[: run % len(order)]:  # rotate who goes first
+            for name in order[n % len(order) :] + order[: n % len(order)]:  # rotate who goes first
                 dest = dest_dir / f"{name}.bin"
                 dest.unlink(missing_ok=True)
-                seconds, ciphers[name] = clients[name](dest)
+                run = clients[name](dest)
                 if sha256(dest) != expected:
                     raise SystemExit(f"{name}: downloaded file differs from the package")
                 dest.unlink()
-                times[name].append(seconds)
-                print(f"run {run + 1} {name:12s} {args.size_mib / seconds:8.1f} MiB/s", flush=True)
-        rate = {name: args.size_mib / statistics.median(t) for name, t in times.items()}
+                runs[name].append(run)
+                print(
+                    f"run {n + 1} {name:12s} {args.size_mib / run.seconds:8.1f} MiB/s  "
+                    f"client CPU {run.cpu_seconds:6.2f} s",
+                    flush=True,
+                )
+        rate = {name: args.size_mib / statistics.median(r.seconds for r in rs) for name, rs in runs.items()}
+        cpu = {name: statistics.median(r.cpu_seconds for r in rs) for name, rs in runs.items()}
+        cipher = {name: rs[-1].cipher for name, rs in runs.items()}
         ratio = rate["ours"] / rate["openssh"]
-        print(f"edu-agent SFTP transport ({ciphers['ours']}): {rate['ours']:.1f} MiB/s")
-        print(f"OpenSSH sftp client ({ciphers['openssh']}): {rate['openssh']:.1f} MiB/s")
-        print(f"OpenSSH sftp client ({ciphers['openssh-gcm']}): {rate['openssh-gcm']:.1f} MiB/s")
+        for name, label in (
+            ("ours", "edu-agent SFTP transport"),
+            ("openssh", "OpenSSH sftp client"),
+            ("openssh-gcm", "OpenSSH sftp client"),
+        ):
+            print(f"{label} ({cipher[name]}): {rate[name]:.1f} MiB/s, client CPU {cpu[name]:.2f} s")
         print(f"ratio {ratio:.2f} (target >= 0.6); medians of {args.repeat} runs each")
         peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(
@@ -150,9 +169,11 @@ def main() -> int:
                     "ratio": round(ratio, 3),
                     "baseline_same_cipher_mib_per_s": round(rate["openssh-gcm"], 1),
                     "ratio_same_cipher": round(rate["ours"] / rate["openssh-gcm"], 3),
+                    "client_cpu_s": round(cpu["ours"], 2),
+                    "baseline_client_cpu_s": round(cpu["openssh"], 2),
                     "peak_rss_mb": round(peak_rss_mb, 1),
-                    "cipher": ciphers["ours"],
-                    "baseline_cipher": ciphers["openssh"],
+                    "cipher": cipher["ours"],
+                    "baseline_cipher": cipher["openssh"],
                 }
             )
         )
