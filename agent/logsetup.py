@@ -39,10 +39,11 @@ _SECRET_KEY = re.compile(
     re.IGNORECASE,
 )
 _PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----.*?(?:-----END \1-----|\Z)", re.DOTALL)
-_URL_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*):[^@\s/]*@")
+# userinfo up to the *last* '@' of the token: raw passwords may contain '@', '/' or ':'.
+_URL_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*):\S*@")
 _ASSIGNED_SECRET = re.compile(
     r"""(\b(?:password|passwd|passphrase|pwd|secret|token|api_?key|access_token|refresh_token)\b"""
-    r"""["']?\s*[:=]\s*)("[^"]*"|'[^']*'|[^\s,;&'")}\]]+)""",
+    r"""["']?\s*[:=]\s*)("[^"]*"|'[^']*'|\S+)""",  # unquoted: up to whitespace (over-mask, never leak)
     re.IGNORECASE,
 )
 _AUTH_HEADER = re.compile(r"\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=\-]+")

@@ -5,11 +5,14 @@ from __future__ import annotations
 import io
 import json
 import logging
+import string
 from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
 import structlog
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agent.logsetup import configure_logging, redact_text, register_secret
 
@@ -194,3 +197,46 @@ def test_redact_text_keeps_what_is_not_secret() -> None:
     assert redact_text("sftp://agent:pw@host/") == "sftp://agent:***@host/"
     assert redact_text("password = 'a b c' rest") == "password = *** rest"
     assert redact_text('{"token": "abc", "n": 1}') == '{"token": ***, "n": 1}'
+
+
+# ------------------------------------------------------------------ properties of the redactor
+
+_secret_text = st.text(
+    alphabet=string.ascii_letters + string.digits + "!#$%^*()-_+~.", min_size=4, max_size=24
+)
+
+
+@given(
+    secret=st.text(
+        alphabet=string.ascii_letters + string.digits + "!#$%^*()-_+~.@/:", min_size=4, max_size=24
+    ),
+    user=st.text(alphabet=string.ascii_lowercase, min_size=1, max_size=8),
+)
+def test_url_passwords_never_survive(secret: str, user: str) -> None:
+    for scheme in ("postgresql+psycopg", "mysql+pymysql", "sftp", "oracle+oracledb"):
+        text = f"connect {scheme}://{user}:{secret}@db.example:5432/edu failed"
+        assert redact_text(text) == f"connect {scheme}://{user}:***@db.example:5432/edu failed"
+
+
+@given(
+    secret=_secret_text, name=st.sampled_from(["password", "PASSWORD", "pwd", "token", "secret", "api_key"])
+)
+def test_assigned_secrets_never_survive(secret: str, name: str) -> None:
+    cases = {
+        f"{name}={secret}": f"{name}=***",
+        f"host=db {name}={secret} user=u": f"host=db {name}=*** user=u",
+        f"{{'{name}': '{secret}'}}": f"{{'{name}': ***}}",
+        f'"{name}": "{secret}"': f'"{name}": ***',
+    }
+    for text, expected in cases.items():
+        assert redact_text(text) == expected
+
+
+@given(secret=_secret_text)
+def test_secret_fields_never_survive(secret: str) -> None:
+    stream = io.StringIO()
+    configure_logging("info", "json", stream=stream)
+    structlog.get_logger().info("x", db_password=secret, auth={"token": secret}, private_key=secret)
+    ((_, record),) = _records(stream)
+    assert record["db_password"] == record["private_key"] == "[REDACTED]"
+    assert record["auth"] == {"token": "[REDACTED]"}
