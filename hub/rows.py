@@ -67,17 +67,41 @@ class RowCodec:
 
 
 def _converter(column: canonical.ColumnSpec) -> Callable[[Any], str | None]:
-    """canonicalize() for one column, with the identity shortcut for variable-length text.
+    """canonicalize() for one column, with shortcuts for the two commonest cases.
 
     A driver's ``str`` for a VARCHAR column is already canonical (canonicalize returns it
-    unchanged); every other value goes through the shared code.
+    unchanged), and so is ``str(int)`` for a whole-number column when it fits; every other
+    value goes through the shared code. tests/test_hub_rows.py checks both against it.
     """
-    if column.type.family == canonical.Family.TEXT and not column.type.fixed:
+    ctype = column.type
+    if ctype.family == canonical.Family.TEXT and not ctype.fixed:
 
         def text(value: Any) -> str | None:
             return value if type(value) is str else canonical.canonicalize(value, column)
 
         return text
+    whole = ctype.family == canonical.Family.INTEGER or (
+        ctype.family == canonical.Family.DECIMAL and ctype.scale == 0
+    )
+    if whole:
+        # An int's canonical form is its decimal text, when it fits; anything else (or an int
+        # that does not fit, which must raise) goes through the shared code.
+        digits = ctype.precision if ctype.family == canonical.Family.DECIMAL else None
+        low, high = (
+            (ctype.int_min, ctype.int_max) if ctype.family == canonical.Family.INTEGER else (None, None)
+        )
+
+        def integer(value: Any) -> str | None:
+            if type(value) is int:
+                text = str(value)
+                fits = (low is None or high is None or low <= value <= high) and (
+                    digits is None or len(text.lstrip("-")) <= digits
+                )
+                if fits:
+                    return text
+            return canonical.canonicalize(value, column)
+
+        return integer
     return lambda value: canonical.canonicalize(value, column)
 
 
