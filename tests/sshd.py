@@ -174,6 +174,7 @@ class SshdServer:
         self.accounts: list[Account] = []
         self._users_created: list[str] = []
         self._process: subprocess.Popen[bytes] | None = None
+        self._started_once = False
 
     # -- accounts -------------------------------------------------------------------------
     def add_account(
@@ -244,9 +245,28 @@ class SshdServer:
         return self._process is not None and self._process.poll() is None
 
     def start(self) -> None:
-        """Start sshd on its port and wait until it answers with an SSH banner."""
+        """Start sshd and wait until it answers with an SSH banner.
+
+        The first start takes another free port if this one was grabbed meanwhile (tests run in
+        parallel on one machine); a restart keeps the port its clients know.
+        """
         if self.running:
             return
+        for _ in range(3):
+            log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+            try:
+                self._launch()
+            except SshdUnavailable:
+                new_log = self.log_path.read_bytes()[log_offset:]
+                if self._started_once or b"Address already in use" not in new_log:
+                    raise
+                self.port = _free_port()
+                continue
+            self._started_once = True
+            return
+        raise SshdUnavailable(f"no free port for sshd: {self.log_tail()}")
+
+    def _launch(self) -> None:
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation directory
         self.config_path.write_text(self.render_config())
         os.chmod(self.config_path, 0o600)
@@ -260,7 +280,8 @@ class SshdServer:
         deadline = time.monotonic() + _START_TIMEOUT
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                raise SshdUnavailable(f"sshd exited with {self._process.returncode}: {self.log_tail()}")
+                code, self._process = self._process.returncode, None
+                raise SshdUnavailable(f"sshd exited with {code}: {self.log_tail()}")
             if self._banner():
                 return
             time.sleep(0.02)

@@ -90,3 +90,27 @@ def test_users_removed_on_close(chroot_tmp_path: os.PathLike[str]) -> None:
     server.close()
     assert not server.running
     assert subprocess.run(["id", account.user], capture_output=True, check=False).returncode != 0
+
+
+def test_chroot_tmp_path_satisfies_sshds_chroot_rules(chroot_tmp_path: os.PathLike[str]) -> None:
+    from pathlib import Path
+
+    from hub.sftp import check_chroot_parents
+
+    check_chroot_parents(Path(chroot_tmp_path))
+
+
+def test_first_start_moves_off_a_taken_port(chroot_tmp_path: os.PathLike[str]) -> None:
+    from pathlib import Path
+
+    server = SshdServer(Path(chroot_tmp_path) / "s")
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", server.port))
+    squatter.listen(1)
+    taken = server.port
+    try:
+        server.start()
+        assert server.port != taken and server.running
+    finally:
+        squatter.close()
+        server.close()

@@ -103,7 +103,8 @@ class Transport(ABC):
     broke off), only the rest is transferred; the final size is verified (the package signature
     check later catches content). ``put`` is atomic: the file appears under its name complete,
     or not at all. Implementations retry broken connections themselves (bounded backoff) and
-    raise :class:`TransportError` subclasses with a specific message otherwise.
+    raise :class:`TransportError` subclasses with a specific message otherwise. One instance
+    serves one thread at a time (it holds one connection).
     """
 
     description: str
