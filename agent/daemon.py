@@ -256,6 +256,7 @@ class Daemon:
         self.scheduler.set_subscriptions(schedules)
 
     def _run_subscription(self, sub: str) -> bool:
+        self.tick()
         if not self.scheduler.begin(sub):
             return False
         self.notifier.status(f"syncing {sub}")

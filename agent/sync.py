@@ -36,7 +36,7 @@ from agent.daemon import ConfigLoadError, MetricsSettings, RunContext
 from agent.reports import QueuedReport, error_code, rfc3339
 from agent.scheduling import Schedule, ScheduleError
 from agent.state import State
-from connectors.transports import Transport, TransportError, open_transport
+from connectors.transports import Transport, TransportError, TransportUnavailable, open_transport
 from protocol.errors import KeysError, PackageError
 from protocol.header import KIND_REVOKE, KIND_SUBSCRIPTIONS, PackageHeader
 from protocol.keys import PartyKeys, PublicBundle, load_bundle, load_keys
@@ -231,13 +231,27 @@ class AgentRuntime:
         self._stores: dict[str, StoreAdapter] = {}
         self.entries: dict[str, SubscriptionEntry] = {}
         self._inbox: list[PackageName] | None = None
+        self._unreachable: str | None = None
         self.work_dir = self.state_dir / "incoming"
         self.quarantine_dir = self.state_dir / "quarantine"
 
     # -- control/ ---------------------------------------------------------------------------
+    def _reachable(self) -> None:
+        """Once the platform proved unreachable in this cycle, fail fast instead of retrying per call."""
+        if self._unreachable is not None:
+            raise TransportUnavailable(f"platform unreachable earlier in this cycle: {self._unreachable}")
+
+    def _note_unreachable(self, exc: TransportUnavailable) -> None:
+        self._unreachable = str(exc)
+
     def subscriptions(self, ctx: RunContext) -> dict[str, Schedule]:
         self._inbox = None
-        names = [e.name for e in self.transport.listdir(CONTROL)]
+        self._unreachable = None  # a new cycle: try the platform again
+        try:
+            names = [e.name for e in self.transport.listdir(CONTROL)]
+        except TransportUnavailable as exc:
+            self._note_unreachable(exc)
+            raise
         packages, _foreign = sorted_packages(names)
         lists = [p for p in packages if p.channel == "subscriptions"]
         if not lists:
@@ -322,6 +336,14 @@ class AgentRuntime:
         return self._stores[sub_id]
 
     def sync(self, subscription_id: str, ctx: RunContext) -> bool:
+        self._reachable()
+        try:
+            return self._sync(subscription_id, ctx)
+        except TransportUnavailable as exc:
+            self._note_unreachable(exc)
+            raise
+
+    def _sync(self, subscription_id: str, ctx: RunContext) -> bool:
         self._inbox = None  # list afresh on every run
         state = ctx.state
         try:
@@ -559,6 +581,7 @@ class AgentRuntime:
         return free
 
     def send_report(self, report: QueuedReport) -> None:
+        self._reachable()
         state = State(self.state_dir)
         try:
             sequence = int(state.meta("outbox_sequence") or 0) + 1
@@ -577,6 +600,9 @@ class AgentRuntime:
             writer.write(payload)
         try:
             self.transport.put(final, f"{OUTBOX}/{name}")
+        except TransportUnavailable as exc:
+            self._note_unreachable(exc)
+            raise
         finally:
             final.unlink(missing_ok=True)
 

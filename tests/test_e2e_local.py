@@ -506,3 +506,57 @@ def test_digest_mismatch_requests_buckets_and_hub_repairs(site: Site, sqlite_url
     assert table_rows(sqlite_url, "T_JZGJBXX") == source.rows()
     assert site.reports()[(site.agent, "staff")].state == "ok"
     assert site.status()["subscriptions"][0]["digest_match"] is True
+
+
+def test_unreachable_platform_fails_fast_within_a_cycle(site: Site) -> None:
+    """Once the transport gave up (after its own retries), the rest of the cycle does not retry it
+    per subscription and per report: everything waits for the next cycle, reports stay queued."""
+    from agent.config import load_config
+    from agent.daemon import Daemon
+    from agent.notify import Notifier
+    from agent.stores import open_store
+    from agent.sync import AgentRuntime
+    from connectors.transports import LocalTransport, TransportUnavailable
+
+    class Flaky(LocalTransport):
+        down = False
+        calls = 0
+
+        def _gate(self) -> None:
+            if self.down:
+                Flaky.calls += 1
+                raise TransportUnavailable("sftp://platform: connection refused after 6 attempts")
+
+        def listdir(self, directory: str) -> Any:
+            self._gate()
+            return super().listdir(directory)
+
+        def fetch(self, remote: str, local: Path, progress: Any = None) -> int:
+            self._gate()
+            return super().fetch(remote, local, progress)
+
+        def put(self, local: Path, remote: str) -> None:
+            self._gate()
+            super().put(local, remote)
+
+    for name in ("a", "b", "c"):
+        _write(site.root / name / "f.txt", f"{name}\n")
+        site.add_file_subscription(f"sub-{name}", site.root / name)
+    site.publish()
+    transport = Flaky(site.exchange)
+    config = load_config(site.config)
+    daemon = Daemon(lambda: AgentRuntime(config, site.config, open_store, transport=transport),
+                    notifier=Notifier({}))
+    daemon.start()
+    try:
+        transport.down = True
+        assert daemon.run_once() is False
+        assert Flaky.calls == 1  # one failed listing; the other subscriptions and the reports did not retry
+        assert len(daemon.queue) >= 4  # 3 errors + a heartbeat, all kept
+        transport.down = False
+        daemon._refresh_subscriptions()  # the next cycle
+        assert daemon.run_once() is True
+        assert len(daemon.queue) == 0
+    finally:
+        daemon.close()
+    assert all((site.share / f"sub-{n}" / "f.txt").exists() for n in "abc")
