@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -191,12 +192,14 @@ class Summary:
     rows: list[Row] = field(default_factory=list)
     invalid: list[dict[str, str]] = field(default_factory=list)
     pruned: list[str] = field(default_factory=list)
+    deferred: list[str] = field(default_factory=list)  # subscriptions a running publish kept locked
 
     def to_json(self) -> dict[str, Any]:
         return {
             "subscriptions": [r.to_json() for r in self.rows],
             "invalid": self.invalid,
             "pruned": self.pruned,
+            "pruning_deferred": sorted(set(self.deferred)),
         }
 
 
@@ -225,7 +228,11 @@ def collect(
                 state = PublishState(path)
                 try:
                     row = _derive(agent.id, sub.id, documents, state, registry, now, offline_after, lag_after)
-                    summary.pruned.extend(_prune(registry, state, agent.id, row.applied_sequence))
+                    try:
+                        state.db.execute("PRAGMA busy_timeout=1000")
+                        summary.pruned.extend(_prune(registry, state, agent.id, row.applied_sequence))
+                    except sqlite3.OperationalError:  # a publish holds the state: prune next time
+                        summary.deferred.append(sub.id)
                 finally:
                     state.close()
                 summary.rows.append(row)
@@ -330,16 +337,19 @@ def _error_text(body: dict[str, Any]) -> str:
 
 
 def _prune(registry: Registry, state: PublishState, agent: str, applied: int) -> list[str]:
-    """Acknowledged packages leave the inbox (the agent has applied them or already had them)."""
-    pruned = []
+    """Acknowledged packages leave the inbox (the agent has applied them or already had them).
+
+    The status commits first, then the files go: a crash in between leaves a file the agent
+    will merely skip, never a record pointing at a missing package.
+    """
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    for record in state.packages(agent, status="placed"):
-        if record.sequence > applied:
-            continue
+    with state.transaction():
+        acknowledged = [r for r in state.packages(agent, status="placed") if r.sequence <= applied]
+        for record in acknowledged:
+            state.set_status(record.package_id, "pruned", acked=stamp)
+    for record in acknowledged:
         (registry.exchange_dir / agent / record.directory / record.filename).unlink(missing_ok=True)
-        state.set_status(record.package_id, "pruned", acked=stamp)
-        pruned.append(record.filename)
-    return pruned
+    return [r.filename for r in acknowledged]
 
 
 def render_table(summary: Summary) -> str:
@@ -360,4 +370,6 @@ def render_table(summary: Summary) -> str:
         lines.extend(f"  {i['agent']}/{i['file']}: {i['reason']}" for i in summary.invalid)
     if summary.pruned:
         lines.append(f"pruned {len(summary.pruned)} acknowledged package(s) from inboxes")
+    if summary.deferred:
+        lines.append(f"pruning deferred (publish in progress): {', '.join(sorted(set(summary.deferred)))}")
     return "\n".join(lines)

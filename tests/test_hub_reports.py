@@ -207,3 +207,26 @@ def test_requests_are_honoured_once(tmp_path: Path, sqlite_url: str) -> None:
     assert asking.catch_up() == 0
     assert asking.table() == quiet.table() == source_state(sqlite_url)
     engine.dispose()
+
+
+def test_reports_defer_pruning_while_a_publish_holds_the_state(tmp_path: Path, sqlite_url: str) -> None:
+    from hub.state import PublishState
+
+    engine = sa.create_engine(sqlite_url)
+    staff_table(sa.MetaData()).create(engine)
+    hub = HubFixture(tmp_path, ["ok-1"])
+    hub.add_subscription(subscription_text(sqlite_url, agents=("ok-1",)))
+    hub.publish()
+    state = PublishState(hub.root / "state" / "staff.db")
+    (package,) = state.packages("ok-1")
+    _heartbeat(hub, "ok-1", 1, applied_sequence=1)
+    state.db.execute("BEGIN IMMEDIATE")  # as a long publish does
+    try:
+        summary = collect(hub.root)
+    finally:
+        state.db.execute("ROLLBACK")
+    assert summary.deferred == ["staff"] and summary.pruned == []
+    assert (hub.inbox("ok-1") / package.filename).exists()
+    assert collect(hub.root).pruned == [package.filename]
+    state.close()
+    engine.dispose()
