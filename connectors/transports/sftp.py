@@ -166,10 +166,14 @@ class SftpTransport(Transport):
     def _connect(self) -> paramiko.SFTPClient:
         s = self.settings
         sock = socket.create_connection((s.host, s.port), timeout=s.connect_timeout)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        ssh = paramiko.Transport(
-            sock, default_window_size=s.window_size, default_max_packet_size=s.max_packet_size
-        )
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            ssh = paramiko.Transport(
+                sock, default_window_size=s.window_size, default_max_packet_size=s.max_packet_size
+            )
+        except BaseException:
+            sock.close()
+            raise
         try:
             ssh.banner_timeout = ssh.handshake_timeout = ssh.auth_timeout = s.connect_timeout
             options = ssh.get_security_options()
