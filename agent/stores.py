@@ -26,7 +26,7 @@ class ShareAdapter:
 
     kind = "file"
 
-    def __init__(self, target: DirectoryTarget, entry: SubscriptionEntry) -> None:
+    def __init__(self, target: DirectoryTarget, entry: SubscriptionEntry, recover: bool = True) -> None:
         from connectors.stores.shares.store import ShareModes, ShareStore
 
         share = target.share
@@ -36,7 +36,7 @@ class ShareAdapter:
         self.store = ShareStore(share.path, ShareModes(file_mode=share.file_mode, dir_mode=share.dir_mode),
                                 owner=share.owner, group=share.group, cache_dir=share.verified_cache,
                                 space_margin=share.free_space_margin)
-        if share.path.is_dir():
+        if recover and share.path.is_dir():
             self.store.recover(self.dirname)
 
     def position(self) -> Position:
@@ -80,12 +80,17 @@ class ShareAdapter:
         pass
 
 
-def open_store(target: Target, entry: SubscriptionEntry, config: AgentConfig) -> StoreAdapter:
-    """The adapter for a resolved target (the daemon's ``StoreFactory``)."""
+def open_store(target: Target, entry: SubscriptionEntry, config: AgentConfig,
+               recover: bool = True) -> StoreAdapter:
+    """The adapter for a resolved target (the daemon's ``StoreFactory``).
+
+    ``recover`` finishes interrupted applies first — only the daemon (which holds the state
+    lock) does that; ``edu-agent verify`` running beside it must not.
+    """
     if isinstance(target, DirectoryTarget):
-        return ShareAdapter(target, entry)
+        return ShareAdapter(target, entry, recover)
     if isinstance(target, TableTarget):
-        return TableAdapter(target, entry)
+        return TableAdapter(target, entry, recover)
     raise TypeError(f"unknown target type {type(target).__name__}")
 
 
@@ -94,7 +99,7 @@ class TableAdapter:
 
     kind = "table"
 
-    def __init__(self, target: TableTarget, entry: SubscriptionEntry) -> None:
+    def __init__(self, target: TableTarget, entry: SubscriptionEntry, recover: bool = True) -> None:
         from connectors.stores.tables import TableStore
 
         self.subscription_id = entry.subscription_id
@@ -102,7 +107,8 @@ class TableAdapter:
         self.table = target.table or entry.target_name or entry.subscription_id
         self.target = f"{target.database_name}:{self.table}"
         self.store = TableStore(target.database.url_with_secret())
-        self.store.recover(self.subscription_id)
+        if recover:
+            self.store.recover(self.subscription_id)
 
     def position(self) -> Position:
         pos = self.store.position(self.subscription_id)

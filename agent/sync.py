@@ -37,7 +37,7 @@ from agent.reports import QueuedReport, error_code, rfc3339
 from agent.scheduling import Schedule, ScheduleError
 from agent.state import State
 from connectors.transports import Transport, TransportError, TransportUnavailable, open_transport
-from protocol.errors import KeysError, PackageError
+from protocol.errors import KeysError, LayoutError, PackageError
 from protocol.header import KIND_REVOKE, KIND_SUBSCRIPTIONS, PackageHeader
 from protocol.keys import PartyKeys, PublicBundle, load_bundle, load_keys
 from protocol.layout import (
@@ -47,6 +47,7 @@ from protocol.layout import (
     PackageName,
     new_package_id,
     package_filename,
+    parse_package_name,
     sorted_packages,
 )
 from protocol.package import Package, PackageWriter, open_package
@@ -383,10 +384,23 @@ class AgentRuntime:
                 continue
             position = store.position()
         self._mirror_position(state, subscription_id, position)
+        self._drop_stale_downloads(subscription_id, position.sequence)
         if ok and not ctx.stop_requested():
             state.update_subscription(subscription_id, last_success=time.time(), last_error=None,
                                       held_gap=None)
         return ok
+
+    def _drop_stale_downloads(self, sub_id: str, applied: int) -> None:
+        """Local copies of packages already applied (left by a crash between apply and cleanup)."""
+        if not self.work_dir.is_dir():
+            return
+        for path in self.work_dir.iterdir():
+            try:
+                name = parse_package_name(path.name)
+            except LayoutError:
+                continue
+            if name.channel == sub_id and name.sequence <= applied:
+                path.unlink(missing_ok=True)
 
     def _mirror_position(self, state: State, sub_id: str, position: Position) -> None:
         state.update_subscription(sub_id, last_sequence=position.sequence,

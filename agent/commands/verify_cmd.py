@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
 def _verify_one(config: Any, sub_id: str, entry: Any, audit: AuditTrail, queue: ReportQueue,
                 reports: ReportBuilder) -> dict[str, Any]:
     try:
-        store = open_store(config.resolve(sub_id, entry.provision_method), entry, config)
+        store = open_store(config.resolve(sub_id, entry.provision_method), entry, config, recover=False)
     except UnmappedSubscription as exc:
         return {"subscription_id": sub_id, "ok": False, "error": str(exc)}
     try:
