@@ -8,7 +8,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -180,8 +180,23 @@ def test_secrets_never_reach_the_log(
 
 
 # -- faults ---------------------------------------------------------------------------------
+@pytest.fixture
+def restart_later(sshd: SshdServer) -> Iterator[Callable[[float], None]]:
+    """Schedules ``sshd.start()``; waits for it at teardown so no sshd outlives its fixture."""
+    timers: list[threading.Timer] = []
+
+    def schedule(delay: float) -> None:
+        timer = threading.Timer(delay, sshd.start)
+        timers.append(timer)
+        timer.start()
+
+    yield schedule
+    for timer in timers:
+        timer.join()
+
+
 def test_sshd_killed_mid_transfer_and_restarted_resumes(
-    sshd: SshdServer, sftp_account: Account, tmp_path: Path
+    sshd: SshdServer, sftp_account: Account, tmp_path: Path, restart_later: Callable[[float], None]
 ) -> None:
     """A crash of the server at a third of a 48 MiB download; it comes back 1.5 s later. The
     transport backs off, reconnects, continues from the bytes on disk, and the file is exact."""
@@ -189,7 +204,7 @@ def test_sshd_killed_mid_transfer_and_restarted_resumes(
     size = 48 * 1024 * 1024
     sleep = SleepRecorder(real=True)
     transport = SftpTransport(
-        settings(sshd, sftp_account, retry=RetryPolicy(attempts=8, initial=0.25, maximum=2.0)), sleep=sleep
+        settings(sshd, sftp_account, retry=RetryPolicy(attempts=12, initial=0.25, maximum=2.0)), sleep=sleep
     )
     progress: list[int] = []
     killed_at: list[int] = []
@@ -199,7 +214,7 @@ def test_sshd_killed_mid_transfer_and_restarted_resumes(
         if not killed_at and done >= size // 3:
             killed_at.append(done)
             sshd.kill()  # synchronously, from inside the transfer: deterministic
-            threading.Timer(1.5, sshd.start).start()
+            restart_later(1.5)
 
     local = tmp_path / "big.part"
     with transport:
@@ -271,9 +286,11 @@ def test_backoff_is_bounded_when_the_server_stays_down(sshd: SshdServer, sftp_ac
         assert ceiling * 0.5 <= wait <= ceiling
 
 
-def test_server_back_after_outage_is_reached(sshd: SshdServer, sftp_account: Account) -> None:
+def test_server_back_after_outage_is_reached(
+    sshd: SshdServer, sftp_account: Account, restart_later: Callable[[float], None]
+) -> None:
     sshd.stop()
-    threading.Timer(0.5, sshd.start).start()
+    restart_later(0.5)
     sleep = SleepRecorder(real=True)
     with SftpTransport(
         settings(sshd, sftp_account, retry=RetryPolicy(attempts=10, initial=0.2, maximum=1.0)), sleep=sleep
