@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from connectors.stores.shares import errors as E
 from connectors.stores.shares.store import ShareModes, ShareStore
@@ -419,4 +421,46 @@ def test_empty_files_and_empty_packages(store: ShareStore, share: Path) -> None:
     applied(store, {"empty": b""})
     applied(store, {}, {"empty": b""}, sequence=2)
     assert tree(share / "sub") == {}
+    assert store.verify("sub").match
+
+
+def test_recover_skips_directories_that_are_not_subscriptions(store: ShareStore, share: Path) -> None:
+    applied(store, V1)
+    (share / ".snapshot").mkdir()
+    (share / "bad\u202ename").mkdir()
+    (share / "someone").mkdir()
+    (share / "someone" / "f").write_bytes(b"x")
+    assert [(o.dirname, o.action) for o in store.recover()] == [("sub", "clean")]
+
+
+def test_position_of_an_empty_precreated_directory_is_none(store: ShareStore, share: Path) -> None:
+    (share / "sub").mkdir()
+    assert store.position("sub") is None
+    applied(store, V1)
+    assert store.position("sub") is not None
+
+
+# ----------------------------------------------------------- property: any sequence of sets
+
+
+_NAMES = st.sampled_from(["a", "b", "c.txt", "d/e", "d/f", "g/h/i", "课程/表", "Z"])
+_FILE_SETS = st.dictionaries(_NAMES, st.binary(max_size=300), max_size=6).filter(
+    lambda files: not any(p != q and q.startswith(p + "/") for p in files for q in files)
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(_FILE_SETS, st.booleans()), min_size=1, max_size=4))
+def test_any_sequence_of_snapshots_and_deltas_ends_in_the_last_set(
+    tmp_path_factory: pytest.TempPathFactory, steps: list[tuple[dict[str, bytes], bool]]
+) -> None:
+    share = tmp_path_factory.mktemp("prop")
+    store = ShareStore(share, space_margin=0)
+    previous: dict[str, bytes] | None = None
+    for sequence, (files, as_snapshot) in enumerate(steps, start=1):
+        header, payload = files_package(files, None if as_snapshot else previous, sequence=sequence)
+        result = store.apply(header, [payload], "sub")
+        assert result.match
+        assert tree(share / "sub") == files
+        previous = files
     assert store.verify("sub").match

@@ -62,6 +62,7 @@ from connectors.stores.shares.errors import (
     PayloadTooShortError,
     RecoveryError,
     UnsafeDestinationError,
+    UnsafePathError,
 )
 from connectors.stores.shares.fileset import (
     advance,
@@ -268,6 +269,11 @@ class ShareStore:
             meta_existed = fsops.lstat_at(fd, META_DIRNAME) is not None
             if not meta_existed:
                 if package is None:
+                    with os.scandir(fd) as it:
+                        if not any(True for _ in it):  # created ahead by an operator: nothing applied yet
+                            raise FileNotFoundError(
+                                errno.ENOENT, "subscription directory is still empty", dirname
+                            )
                     raise ForeignDirectoryError(
                         f"{dirname}: no {META_DIRNAME}/ marker; not a subscription directory"
                     )
@@ -705,8 +711,8 @@ class ShareStore:
             try:
                 with self._subscription(name) as sub:
                     outcomes.append(self._recover_locked(sub))
-            except (ForeignDirectoryError, FileNotFoundError):
-                continue
+            except (ForeignDirectoryError, FileNotFoundError, UnsafePathError):
+                continue  # not a subscription directory of ours
         return outcomes
 
     def _recover_locked(self, sub: _Subscription) -> RecoveryOutcome:
