@@ -123,3 +123,32 @@ def test_daemon_applies_reloads_serves_metrics_and_stops(
     assert "poll_intervall" in rejected["error"]
     row = site.reports()[(site.agent, "files")]
     assert row.state == "ok" and row.applied_sequence == 3
+
+
+def _run(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "agent.cli", "run", "-c", str(config), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_config_and_key_errors_exit_78_naming_the_problem(tmp_path: Path) -> None:
+    site = Site(tmp_path)
+    good = site.config.read_text()
+    site.config.write_text(good.replace("poll_interval: 1s", "poll_interval: soon"))
+    done = _run(site.config, "--once")
+    assert done.returncode == 78
+    assert "platform.poll_interval" in done.stderr
+    # keys that belong to another agent
+    site.config.write_text(good.replace("id: school-1", "id: school-2"))
+    done = _run(site.config, "--once")
+    assert done.returncode == 78
+    assert "belong to 'school-1', not to agent.id 'school-2'" in done.stderr
+    assert not (site.state / "state.db").exists()  # nothing was started
+
+
+def test_no_subscription_list_yet_once_fails_clearly(tmp_path: Path) -> None:
+    site = Site(tmp_path)  # registered, but the platform has published no subscription list
+    done = _run(site.config, "--once")
+    assert done.returncode == 1
+    assert "control/ holds no subscription list yet" in done.stderr
+    assert not list((site.state / "outqueue").iterdir())  # the heartbeat went out: the agent is alive
+    assert any(d["type"] == "heartbeat" for d in site.outbox_documents())
