@@ -381,7 +381,8 @@ class ShareStore:
                     extra={"dirname": dirname, "expected": manifest.base_digest, "local": current_digest},
                 )
                 removed = [p for p in manifest.removed if p in current]
-                result_set = {p: e for p, e in current.items() if p not in set(removed)}
+                gone = set(removed)
+                result_set = {p: e for p, e in current.items() if p not in gone}
                 result_set.update((e.path, e) for e in manifest.entries)
                 check_collisions(result_set)
             after = advance(state, current, manifest.entries, removed, snapshot=manifest.is_snapshot)
