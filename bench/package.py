@@ -19,6 +19,8 @@ import resource
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -101,45 +103,57 @@ def pieces(block: bytes, total: int) -> list[memoryview]:
     return out
 
 
-def bare_write(plain: list[memoryview], chunk_size: int, level: int) -> dict[str, float]:
+class Clock:
+    """Wall and CPU seconds per label: CPU time stays meaningful on a shared, loaded machine."""
+
+    def __init__(self) -> None:
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+
+    @contextmanager
+    def measure(self, label: str) -> Iterator[None]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        yield
+        self.wall[label] = self.wall.get(label, 0.0) + time.perf_counter() - wall
+        self.cpu[label] = self.cpu.get(label, 0.0) + time.process_time() - cpu
+
+    def total(self, cpu: bool = False) -> float:
+        return sum((self.cpu if cpu else self.wall).values())
+
+
+def bare_write(plain: list[memoryview], chunk_size: int, level: int) -> tuple[Clock, int]:
     """zstd -> AES-GCM per chunk -> SHA-256 of the ciphertext, each timed on its own."""
     chunker = zstandard.ZstdCompressor(level=level).chunker(chunk_size=chunk_size)
     aead = AESGCM(os.urandom(32))
     digest = hashlib.sha256()
     out = bytearray(chunk_size + TAG_BYTES)
     package_id = "00" * 16
-    t_zstd = t_aes = t_hash = 0.0
-    index = 0
-    compressed_total = 0
+    clock = Clock()
+    index = compressed_total = 0
 
     def seal(compressed: bytes, final: bool) -> None:
-        nonlocal t_aes, t_hash, index
-        t0 = time.perf_counter()
+        nonlocal index, compressed_total
         target = memoryview(out)[: len(compressed) + TAG_BYTES]
-        aead.encrypt_into(chunk_nonce(index, final), compressed, chunk_ad(package_id, index), target)
-        t1 = time.perf_counter()
-        digest.update(target)
-        t_hash += time.perf_counter() - t1
-        t_aes += t1 - t0
+        with clock.measure("aes-256-gcm"):
+            aead.encrypt_into(chunk_nonce(index, final), compressed, chunk_ad(package_id, index), target)
+        with clock.measure("sha256"):
+            digest.update(target)
         index += 1
+        compressed_total += len(compressed)
 
     for piece in plain:
-        t0 = time.perf_counter()
-        produced = list(chunker.compress(piece))
-        t_zstd += time.perf_counter() - t0
+        with clock.measure("zstd"):
+            produced = list(chunker.compress(piece))
         for compressed in produced:
-            compressed_total += len(compressed)
             seal(compressed, False)
-    t0 = time.perf_counter()
-    produced = list(chunker.finish())
-    t_zstd += time.perf_counter() - t0
+    with clock.measure("zstd"):
+        produced = list(chunker.finish())
     for i, compressed in enumerate(produced):
-        compressed_total += len(compressed)
         seal(compressed, i == len(produced) - 1)
-    return {"zstd": t_zstd, "aes": t_aes, "hash": t_hash, "compressed": compressed_total}
+    return clock, compressed_total
 
 
-def bare_read(path: Path, header: PackageHeader, data_key: bytes) -> dict[str, float]:
+def bare_read(path: Path, header: PackageHeader, data_key: bytes) -> Clock:
     """SHA-256 of the ciphertext, AES-GCM open per chunk, zstd decompress; file reads untimed."""
     with open(path, "rb") as handle:
         payload_offset = read_envelope(handle.fileno()).payload_offset
@@ -148,60 +162,78 @@ def bare_read(path: Path, header: PackageHeader, data_key: bytes) -> dict[str, f
     decompressor = zstandard.ZstdDecompressor().decompressobj()
     digest = hashlib.sha256()
     plain = bytearray(chunk_size)
-    t_zstd = t_aes = t_hash = 0.0
-    produced = 0
+    clock = Clock()
     with open(path, "rb") as handle:
         handle.seek(payload_offset)
         for index in range(chunks):
             sealed = handle.read(chunk_size + TAG_BYTES)
-            t0 = time.perf_counter()
-            digest.update(sealed)
-            t1 = time.perf_counter()
+            with clock.measure("sha256"):
+                digest.update(sealed)
             target = memoryview(plain)[: len(sealed) - TAG_BYTES]
-            aead.decrypt_into(
-                chunk_nonce(index, index == chunks - 1), sealed, chunk_ad(package_id, index), target
-            )
-            t2 = time.perf_counter()
-            produced += len(decompressor.decompress(target))
-            t3 = time.perf_counter()
-            t_hash += t1 - t0
-            t_aes += t2 - t1
-            t_zstd += t3 - t2
-    return {"zstd": t_zstd, "aes": t_aes, "hash": t_hash, "plaintext": produced}
+            with clock.measure("aes-256-gcm"):
+                aead.decrypt_into(
+                    chunk_nonce(index, index == chunks - 1), sealed, chunk_ad(package_id, index), target
+                )
+            with clock.measure("zstd"):
+                decompressor.decompress(target)
+    return clock
+
+
+def reset_peak_rss() -> None:
+    """Reset VmHWM (Linux >= 4.0); elsewhere the peak includes data generation."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        pass
+
+
+def peak_rss_mb() -> float:
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def format_write(
     path: Path, plain: list[memoryview], parties: tuple[PartyKeys, PartyKeys], args: Any
-) -> float:
+) -> Clock:
     sender, agent = parties
     path.unlink(missing_ok=True)
-    t0 = time.perf_counter()
-    with PackageWriter(
-        path,
-        kind="snapshot",
-        sender=sender,
-        recipient=agent.public_bundle(),
-        subscription="bench",
-        sequence=1,
-        chunk_size=args.chunk_kib * 1024,
-        level=args.level,
-    ) as writer:
-        for piece in plain:
-            writer.write(piece)
-    return time.perf_counter() - t0
+    clock = Clock()
+    with clock.measure("format"):
+        writer = PackageWriter(
+            path,
+            kind="snapshot",
+            sender=sender,
+            recipient=agent.public_bundle(),
+            subscription="bench",
+            sequence=1,
+            chunk_size=args.chunk_kib * 1024,
+            level=args.level,
+        )
+        with writer:
+            for piece in plain:
+                writer.write(piece)
+    return clock
 
 
 def format_read(
     path: Path, parties: tuple[PartyKeys, PartyKeys], expected: int
-) -> tuple[float, PackageHeader]:
+) -> tuple[Clock, PackageHeader]:
     sender, agent = parties
-    t0 = time.perf_counter()
-    with open_package(path, trusted_senders={"platform": sender.public_bundle()}, recipient=agent) as package:
-        total = sum(len(piece) for piece in package.iter_plaintext())
-    elapsed = time.perf_counter() - t0
+    clock = Clock()
+    with clock.measure("format"):
+        package = open_package(path, trusted_senders={"platform": sender.public_bundle()}, recipient=agent)
+        with package:
+            total = sum(len(piece) for piece in package.iter_plaintext())
     if total != expected:
         raise SystemExit(f"read {total} bytes, wrote {expected}")
-    return elapsed, package.header
+    return clock, package.header
 
 
 def main() -> int:
@@ -218,55 +250,67 @@ def main() -> int:
     total = args.size_mib * MIB
     block = make_block(min(args.block_mib * MIB, total))
     plain = pieces(block, total)
+    reset_peak_rss()  # measure the package work, not the generation of the test data
     parties = (PartyKeys.generate("platform"), PartyKeys.generate("school-1"))
     mb = total / 1e6
 
-    writes, reads, bare_writes, bare_reads = [], [], [], []
+    writes: list[Clock] = []
+    reads: list[Clock] = []
+    bare_writes: list[Clock] = []
+    bare_reads: list[Clock] = []
+    compressed = 0
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         path = Path(tmp) / "bench.pkg"
         for _ in range(args.rounds):  # interleaved, so load changes hit both sides alike
             writes.append(format_write(path, plain, parties, args))
-            bare_writes.append(bare_write(plain, args.chunk_kib * 1024, args.level))
-            elapsed, header = format_read(path, parties, total)
-            reads.append(elapsed)
+            clock, compressed = bare_write(plain, args.chunk_kib * 1024, args.level)
+            bare_writes.append(clock)
+            clock, header = format_read(path, parties, total)
+            reads.append(clock)
             bare_reads.append(bare_read(path, header, unwrap_data_key(header, parties[1])))
         file_size = path.stat().st_size
 
-    def cost(r: dict[str, float]) -> float:
-        return r["zstd"] + r["aes"] + r["hash"]
+    def best(clocks: list[Clock], cpu: bool = False) -> Clock:
+        return min(clocks, key=lambda c: c.total(cpu))
 
-    t_write, t_read = min(writes), min(reads)
-    bw, br = min(bare_writes, key=cost), min(bare_reads, key=cost)
-    base_write, base_read = cost(bw), cost(br)
-    write_ratio, read_ratio = base_write / t_write, base_read / t_read
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    fw, fr, bw, br = best(writes), best(reads), best(bare_writes), best(bare_reads)
+    write_ratio, read_ratio = bw.total() / fw.total(), br.total() / fr.total()
+    cpu_write_ratio = best(bare_writes, True).total(True) / best(writes, True).total(True)
+    cpu_read_ratio = best(bare_reads, True).total(True) / best(reads, True).total(True)
+    peak = peak_rss_mb()
+
+    def detail(clock: Clock) -> str:
+        return ", ".join(f"{label} {mb / seconds:.0f}" for label, seconds in clock.wall.items())
+
     print(
         f"payload: {args.size_mib} MiB CSV-like plaintext -> {file_size / 1e6:.1f} MB package "
-        f"(zstd level {args.level}, ratio {total / bw['compressed']:.2f}), chunks of {args.chunk_kib} KiB, "
-        f"best of {args.rounds}"
+        f"(zstd level {args.level}, ratio {total / compressed:.2f}), chunks of {args.chunk_kib} KiB, "
+        f"best of {args.rounds} interleaved rounds; MB/s of plaintext"
     )
     print(
-        f"write: format {mb / t_write:7.1f} MB/s | bare primitives {mb / base_write:7.1f} MB/s "
-        f"(zstd {mb / bw['zstd']:.0f}, aes-256-gcm {mb / bw['aes']:.0f}, sha256 {mb / bw['hash']:.0f} "
-        f"MB/s of plaintext) | ratio {write_ratio:.2f}"
+        f"write: format {mb / fw.total():7.1f} MB/s | bare primitives {mb / bw.total():7.1f} MB/s "
+        f"({detail(bw)}) | ratio {write_ratio:.2f} (CPU time: {cpu_write_ratio:.2f})"
     )
     print(
-        f"read:  format {mb / t_read:7.1f} MB/s | bare primitives {mb / base_read:7.1f} MB/s "
-        f"(sha256 {mb / br['hash']:.0f}, aes-256-gcm {mb / br['aes']:.0f}, zstd {mb / br['zstd']:.0f} "
-        f"MB/s of plaintext) | ratio {read_ratio:.2f}"
+        f"read:  format {mb / fr.total():7.1f} MB/s | bare primitives {mb / br.total():7.1f} MB/s "
+        f"({detail(br)}) | ratio {read_ratio:.2f} (CPU time: {cpu_read_ratio:.2f})"
     )
-    print(f"peak RSS {peak:.0f} MB (includes the {len(block) / 1e6:.0f} MB generated block)")
+    print(
+        f"peak RSS {peak:.0f} MB during the measurements (holding the {len(block) / 1e6:.0f} MB data block)"
+    )
     result = {
         "bench": "protocol.package",
         "size_mib": args.size_mib,
-        "write_mb_s": round(mb / t_write, 1),
-        "baseline_write_mb_s": round(mb / base_write, 1),
+        "write_mb_s": round(mb / fw.total(), 1),
+        "baseline_write_mb_s": round(mb / bw.total(), 1),
         "write_ratio": round(write_ratio, 3),
-        "read_mb_s": round(mb / t_read, 1),
-        "baseline_read_mb_s": round(mb / base_read, 1),
+        "read_mb_s": round(mb / fr.total(), 1),
+        "baseline_read_mb_s": round(mb / br.total(), 1),
         "read_ratio": round(read_ratio, 3),
         "ratio": round(min(write_ratio, read_ratio), 3),
-        "compression_ratio": round(total / bw["compressed"], 2),
+        "cpu_write_ratio": round(cpu_write_ratio, 3),
+        "cpu_read_ratio": round(cpu_read_ratio, 3),
+        "compression_ratio": round(total / compressed, 2),
         "peak_rss_mb": round(peak, 1),
     }
     print(json.dumps(result))
