@@ -8,6 +8,8 @@ bound parameters, columns must be in the data dictionary.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -270,6 +272,11 @@ class Subscription(_Strict):
     @property
     def column_names(self) -> list[str]:
         return [c.name for c in self.dictionary]
+
+    def capture_fingerprint(self) -> str:
+        """What the published state depends on: the dictionary and the source (not the subscribers)."""
+        basis = {"dictionary": self.dictionary_json(), "source": self.source.model_dump(mode="json")}
+        return hashlib.sha256(json.dumps(basis, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
     def dictionary_json(self) -> list[dict[str, Any]]:
         return [c.model_dump(mode="json") for c in self.dictionary]

@@ -224,6 +224,10 @@ class Publisher:
         for agent, request_id, _req in requests:
             state.mark_request(request_id, agent, now_utc())
         plain_files: list[Path] = []
+        fingerprint = sub.capture_fingerprint()
+        if state.get("capture_fingerprint") not in (None, fingerprint):
+            snapshot = True  # columns, filter or source changed: the published state no longer applies
+        state.put("capture_fingerprint", fingerprint)
         try:
             if sub.catalog.provision_method == "table":
                 self._publish_table(sub, state, snapshot, active, sequences, resync, result, plain_files)

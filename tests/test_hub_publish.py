@@ -196,3 +196,18 @@ def test_soft_delete_column(tmp_path: Path, sqlite_url: str) -> None:
         live = {r[0] for r in conn.execute(sa.select(table.c.ID).where(table.c.SECRET != "DELETED"))}
     assert {int(v[0]) for v in agent.rows.values()} == live
     engine.dispose()
+
+
+def test_changed_filter_forces_a_snapshot(tmp_path: Path, sqlite_url: str) -> None:
+    """The published state depends on columns, filter and source: changing them republishes in full."""
+    hub, engine, table = _setup(tmp_path, sqlite_url)
+    agent = ReplayAgent(hub, "school-1")
+    with engine.begin() as conn:
+        conn.execute(table.insert(), [_row(i, "2026-01-01 08:00:00") for i in range(1, 6)])
+        conn.execute(table.insert(), [_row(9, "2026-01-01 08:00:00", status="inactive")])
+    hub.publish()
+    hub.add_subscription(subscription_text(sqlite_url).replace("value: active", "value: inactive"))
+    hub.publish()
+    assert agent.catch_up() == 2 and agent.headers[-1].kind == "snapshot"
+    assert list(agent.table()) == ['"9"']
+    engine.dispose()
