@@ -23,11 +23,17 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-# ruff + mypy, then every test. pytest's exit code 5 ("no tests collected") is a failure.
-test: lint
-	@rc=0; $(BIN)/pytest $(PYTEST_ARGS) || rc=$$?; \
-	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; \
-	exit $$rc
+# ruff, mypy and every test. All three always run (one CI run shows every problem); the
+# target fails if any failed. pytest's exit code 5 ("no tests collected") is a failure.
+test: venv
+	@failed=""; \
+	$(BIN)/ruff check . || failed="$$failed ruff"; \
+	$(BIN)/mypy || failed="$$failed mypy"; \
+	$(BIN)/pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; \
+	if [ $$rc -ne 0 ]; then failed="$$failed pytest($$rc)"; fi; \
+	if [ -n "$$failed" ]; then echo "make test: FAILED:$$failed" >&2; exit 1; fi; \
+	echo "make test: ruff, mypy and pytest passed"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -746,6 +746,8 @@ def _check_database_url(value: str, info: ValidationInfo) -> str:
             f"unknown database dialect {url.drivername!r} (is the driver's extra installed, "
             "e.g. edu-sync-agent[postgresql]?)"
         ) from None
+    except ImportError as exc:  # installed, but broken against this SQLAlchemy (docs/dependencies.md)
+        raise ValueError(f"database dialect {url.drivername!r} cannot be loaded: {exc}") from None
     if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
         database = url.database or ""
         if not database.startswith("file:") and not Path(database).is_absolute():

@@ -607,6 +607,15 @@ def test_unknown_dialect(site: Path) -> None:
     assert ":14 targets.databases.main: unknown database dialect 'nosuchdb'" in error
 
 
+def test_broken_dialect_package(site: Path) -> None:
+    """A dialect installed but unable to import (dmSQLAlchemy on SQLAlchemy 2.1): an error, not a crash."""
+    from sqlalchemy.dialects import registry
+
+    registry.register("edubroken", "tests.no_such_dialect_module", "Dialect")
+    (error,) = errors_of(write(site, BASE.replace("sqlite:///main.db", "edubroken://h/x")))
+    assert ":14 targets.databases.main: database dialect 'edubroken' cannot be loaded: " in error
+
+
 def test_locate(site: Path) -> None:
     config = load_config(write(site, BASE))
     assert config.locate("platform", "poll_interval") == f"{site / 'config.yaml'}:11 platform.poll_interval"
