@@ -49,7 +49,7 @@ class ShareAdapter:
         try:
             result = self.store.apply(header, plaintext, self.dirname)
         except PackageRejected as exc:
-            raise StoreRejected(str(exc), _code(exc)) from exc
+            raise StoreRejected(str(exc), _code(exc), type(exc).__name__) from exc
         return Applied(
             result="skipped" if result.status == "already_applied" else "applied",
             files=result.files_written + result.files_removed,
@@ -122,7 +122,7 @@ class TableAdapter:
         try:
             result = self.store.apply(header, plaintext, self.table)
         except PackageRejected as exc:
-            raise StoreRejected(str(exc), _code(exc)) from exc
+            raise StoreRejected(str(exc), _code(exc), type(exc).__name__) from exc
         status = {"applied": "applied", "skipped": "skipped", "held": "held"}.get(result.status, "applied")
         return Applied(result=status, rows_upserted=result.rows_upserted, rows_deleted=result.rows_deleted,
                        local_digest=_hex(result.local_digest), expected_digest=_hex(result.expected_digest),

@@ -104,9 +104,10 @@ class Verified:
 class StoreRejected(Exception):
     """The store refused the package's content (schema, validation, unsafe path): quarantine it."""
 
-    def __init__(self, message: str, code: str = "rejected") -> None:
+    def __init__(self, message: str, code: str = "rejected", origin: str | None = None) -> None:
         super().__init__(message)
         self.code = code
+        self.origin = origin or type(self).__name__  # the store's own error class, for the reason
 
 
 class StoreAdapter(Protocol):
@@ -517,7 +518,7 @@ class AgentRuntime:
                     ctx: RunContext, header: PackageHeader | None = None) -> None:
         header = header or getattr(exc, "header", None)
         code = error_code(exc)
-        reason = f"{type(exc).__name__}: {exc}"
+        reason = f"{getattr(exc, 'origin', type(exc).__name__)}: {exc}"
         self.quarantine_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         target = self.quarantine_dir / name.filename
         local = self._local_copy(name)

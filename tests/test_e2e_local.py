@@ -560,3 +560,36 @@ def test_unreachable_platform_fails_fast_within_a_cycle(site: Site) -> None:
     finally:
         daemon.close()
     assert all((site.share / f"sub-{n}" / "f.txt").exists() for n in "abc")
+
+
+def test_incompatible_schema_change_is_quarantined_and_stops_only_that_subscription(
+    site: Site, sqlite_url: str
+) -> None:
+    site.databases = {"main": sqlite_url}
+    site.write_config()
+    source = StaffSource(site.root / "source.db")
+    source.upsert(range(1, 51))
+    site.add_table_subscription("staff", source.path, "T_STAFF_COPY")
+    _write(site.root / "docs" / "a.txt", "a\n")
+    site.add_file_subscription("docs", site.root / "docs")
+    site.publish()
+    assert site.run_once() == 0
+    before = table_rows(sqlite_url, "T_STAFF_COPY")
+    # the platform narrows a column: applying it would truncate data, so it must not be applied
+    text = TABLE_SUBSCRIPTION.format(sub_id="staff", source_db=source.path, agent=site.agent,
+                                     target="T_STAFF_COPY").replace("type: VARCHAR2(50), not_null: true}",
+                                                                    "type: VARCHAR2(10), not_null: true}")
+    site.add_subscription(text, "staff")
+    source.upsert(range(1, 3), title="教授")
+    _write(site.root / "docs" / "b.txt", "b\n")
+    site.publish()
+    assert site.run_once() == 1
+    assert table_rows(sqlite_url, "T_STAFF_COPY") == before  # nothing altered, nothing half-applied
+    assert _tree(site.share / "docs") == {"a.txt": "a\n", "b.txt": "b\n"}  # the other one continued
+    (q,) = site.status()["quarantine"]
+    assert q["subscription_id"] == "staff" and "SchemaIncompatible" in q["reason"]
+    errors = [d for d in site.outbox_documents() if d["type"] == "error"]
+    assert errors[-1]["code"] == "schema_incompatible"
+    rows = site.reports()
+    assert rows[(site.agent, "staff")].state == "error"
+    assert rows[(site.agent, "docs")].state == "ok"
