@@ -18,7 +18,6 @@ exact rules and the per-database type mapping).
 from __future__ import annotations
 
 import enum
-import io
 import math
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -824,15 +823,13 @@ def _resolve_empties(guess: list[str | None], fields: list[str], body: str, line
 
 def _iter_lines(stream: IO[bytes] | Iterable[bytes]) -> Iterator[tuple[int, str]]:
     """Logical records as text (a quoted field may span lines), with the first line number."""
+    chunks: Iterable[bytes]
     if hasattr(stream, "read"):
-        source: Iterable[str] = io.TextIOWrapper(
-            stream,  # type: ignore[type-var]
-            encoding="utf-8",
-            errors="strict",
-            newline="\n",
-        )
+        read = stream.read
+        chunks = iter(lambda: read(_READ_SIZE), b"")
     else:
-        source = _decode_chunks(stream)
+        chunks = stream
+    source = _decode_chunks(chunks)
     number = 0
     pending: list[str] = []
     quotes = 0
@@ -855,6 +852,9 @@ def _iter_lines(stream: IO[bytes] | Iterable[bytes]) -> Iterator[tuple[int, str]
         raise RecordFormatError(f"payload is not valid UTF-8 near line {number + 1}: {exc.reason}") from None
     if pending:
         raise RecordFormatError(f"record at line {start}: unterminated quoted field")
+
+
+_READ_SIZE = 1 << 16
 
 
 def _decode_chunks(chunks: Iterable[bytes]) -> Iterator[str]:
