@@ -129,9 +129,6 @@ class Daemon:
     def _on_reload(self, signum: int, frame: FrameType | None) -> None:
         self._reload = True
 
-    def request_stop(self) -> None:
-        self._stop = True
-
     @property
     def runtime(self) -> Runtime:
         assert self._runtime is not None, "daemon not started"
@@ -213,9 +210,10 @@ class Daemon:
                 self.deliver_reports()
                 self._sleep(self._sleep_budget())
         finally:
-            self.notifier.stopping("stopping: finished the current transaction")
-            self.audit.record("agent.stop", reason="signal")
-            log.info("agent.stopping")
+            reason = "signal" if self._stop else "error"  # an exception escaping the loop is a crash
+            self.notifier.stopping(f"stopping ({reason})")
+            self.audit.record("agent.stop", reason=reason)
+            log.info("agent.stopping", reason=reason)
         return 0
 
     def run_once(self) -> bool:
@@ -312,7 +310,11 @@ class Daemon:
         self._runtime = new
         self.scheduler.poll_interval = new.poll_interval
         self._note_config(new, "config.reloaded")
-        self._start_metrics(new)
+        try:
+            self._start_metrics(new)
+        except OSError as exc:  # e.g. the new listen address is taken: keep syncing without metrics
+            log.error("metrics.unavailable", error=str(exc))
+            self._metrics_server = None
         self._refresh_subscriptions()
         self._next_heartbeat = 0.0
         log.info("config.reloaded", config_digest=new.config_digest)
@@ -331,7 +333,7 @@ class Daemon:
             disk = self.runtime.disk_free()
         except Exception as exc:
             log.exception("heartbeat.failed")
-            subs, disk = [], {"error": None}
+            subs, disk = [], {}
             self.notifier.status(f"heartbeat incomplete: {exc}")
         doc = self.reports.heartbeat(
             interval_s=self.runtime.heartbeat_interval, config_digest=self.runtime.config_digest,
