@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from protocol.layout import sorted_packages
 from protocol.package import open_package
 from tests.test_hub_common import HubFixture
@@ -81,3 +83,45 @@ def test_directory_changes(tmp_path: Path) -> None:
     assert len(_packages(hub)) == 2  # touched only: nothing sent
     everything = b"".join(p for _, p in _packages(hub))
     assert b"PRIVATE" not in everything and b"NOT INCLUDED" not in everything and b"root:" not in everything
+
+
+def test_file_changed_while_publishing_aborts(tmp_path: Path) -> None:
+    from hub.catalog import parse_subscription
+    from hub.files import FileCapture, FileCaptureError
+    from hub.state import PublishState
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.pdf").write_bytes(b"one")
+    sub = parse_subscription(SUB.format(directory=src), "sub.yaml")
+    state = PublishState(tmp_path / "state.db")
+    change = FileCapture(sub, state).capture(snapshot=False)
+    (src / "a.pdf").write_bytes(b"two")  # same size, other bytes
+
+    class Sink:
+        def write(self, data: bytes) -> None:
+            pass
+
+    with pytest.raises(FileCaptureError, match="changed while it was being published"):
+        change.write_payload(Sink())
+    state.close()
+
+
+def test_one_failing_subscription_does_not_stop_the_others(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from hub.cli import main as hub_main
+    from tests.test_hub_common import subscription_text
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.pdf").write_bytes(b"one")
+    hub = HubFixture(tmp_path, ["school-1"])
+    hub.add_subscription(SUB.format(directory=src))
+    broken = subscription_text(f"sqlite:///{tmp_path / 'missing-dir' / 'x.db'}", sub_id="broken")
+    hub.add_subscription(broken, name="broken.yaml")
+    capsys.readouterr()
+    assert hub_main(["publish", str(hub.root)]) == 1
+    out = capsys.readouterr().out
+    assert "broken: ERROR" in out and "docs: school-1#1 files" in out
+    assert len(_packages(hub)) == 1
