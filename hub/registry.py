@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -74,8 +75,10 @@ class Registry:
     @classmethod
     def create(cls, root: Path) -> Registry:
         root = Path(root)
-        for sub in ("exchange", "state", "spool"):
-            (root / sub).mkdir(parents=True, exist_ok=True)
+        (root / "exchange").mkdir(parents=True, exist_ok=True)
+        for private in ("state", "spool"):  # published rows and plaintext spools: the hub's eyes only
+            (root / private).mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(root / private, 0o700)
         db = sqlite3.connect(root / "hub.db", isolation_level=None)
         db.executescript(SCHEMA)
         db.execute("PRAGMA journal_mode=WAL")

@@ -28,6 +28,12 @@ def _line_of(text: str, needle: str) -> int:
     return next(i for i, line in enumerate(text.splitlines(), 1) if needle in line)
 
 
+def test_private_directories(tmp_path: Path) -> None:
+    hub = HubFixture(tmp_path, ["school-1"])
+    for name in ("state", "spool", "keys"):
+        assert (hub.root / name).stat().st_mode & 0o077 == 0, name
+
+
 def test_good_file_parses() -> None:
     sub = parse_subscription(GOOD, "sub.yaml")
     assert sub.catalog.sharing_type == "authorised" and sub.catalog.agreement is not None
