@@ -189,6 +189,8 @@ def _parse_yaml(text: str, file: str) -> _Document:
         line = mark.line + 1 if mark is not None else None
         message = " ".join(p for p in (exc.context, exc.problem) if p)
         raise ConfigError([ConfigIssue(file, line, "", f"invalid YAML: {message}")]) from None
+    except RecursionError:
+        raise ConfigError([ConfigIssue(file, None, "", "invalid YAML: nested too deeply")]) from None
     finally:
         loader.dispose()
 

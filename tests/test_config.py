@@ -237,6 +237,11 @@ def test_degenerate_documents(site: Path, content: str, expected: str) -> None:
     assert any(expected in e for e in errors_of(write(site, content)))
 
 
+def test_absurd_nesting(site: Path) -> None:
+    (error,) = errors_of(write(site, "agent: " + "[" * 100_000 + "]" * 100_000 + "\n"))
+    assert error.endswith(": invalid YAML: nested too deeply")
+
+
 def test_not_utf8(site: Path) -> None:
     path = site / "config.yaml"
     path.write_bytes(BASE.encode() + b"# \xff\n")
