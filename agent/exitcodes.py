@@ -1,4 +1,4 @@
-"""Process exit codes of `edu-agent` and `edu-hub` (also in docs/operations.md).
+"""Process exit codes of `edu-agent` and `edu-hub` (listed in the README and in `--help`).
 
 systemd and scripts act on them: 78 (EX_CONFIG from sysexits.h) tells the unit's
 ``ExecStartPre=`` config check apart from a runtime failure, and is what
