@@ -790,6 +790,79 @@ class Package:
         self.close()
 
 
+class ZstdFrameWalker:
+    """Follows zstd frame structure (RFC 8878) over a byte stream, without decompressing.
+
+    ``zstandard``'s stream reader ends silently when its input stops inside a frame; the
+    walker tells whether the stream ended on a frame boundary, so an incomplete frame is an
+    error even when the bytes decompressed so far happen to match the declared size.
+    Only headers are parsed (frame header, 3-byte block headers, skippable-frame sizes);
+    block contents are skipped, so the cost is a few operations per 128 KiB block.
+    """
+
+    _MAGIC = 0xFD2FB528
+
+    def __init__(self) -> None:
+        self._need = 4  # bytes of the next header field to collect
+        self._field = bytearray()
+        self._state = "magic"
+        self._skip = 0  # bytes of block content / skippable data still to pass over
+        self._checksum = False
+        self.frames = 0
+
+    @property
+    def at_boundary(self) -> bool:
+        return self._state == "magic" and not self._field and self._skip == 0
+
+    def feed(self, data: memoryview) -> None:
+        pos, end = 0, len(data)
+        while pos < end:
+            if self._skip:
+                step = min(self._skip, end - pos)
+                self._skip -= step
+                pos += step
+                continue
+            take = min(self._need - len(self._field), end - pos)
+            self._field += data[pos : pos + take]
+            pos += take
+            if len(self._field) == self._need:
+                field, self._field = bytes(self._field), bytearray()
+                self._advance(field)
+
+    def _advance(self, field: bytes) -> None:
+        if self._state == "magic":
+            magic = int.from_bytes(field, "little")
+            if magic == self._MAGIC:
+                self._state, self._need = "descriptor", 1
+            elif magic & 0xFFFFFFF0 == 0x184D2A50:
+                self._state, self._need = "skippable", 4
+            else:
+                raise ValueError(f"not a zstd frame (magic {magic:#010x})")
+        elif self._state == "skippable":
+            self._skip = int.from_bytes(field, "little")
+            self._state, self._need = "magic", 4
+        elif self._state == "descriptor":
+            descriptor = field[0]
+            if descriptor & 0x08:
+                raise ValueError("zstd frame header has its reserved bit set")
+            single_segment = bool(descriptor & 0x20)
+            fcs = (1 if single_segment else 0, 2, 4, 8)[descriptor >> 6]
+            did = (0, 1, 2, 4)[descriptor & 0x03]
+            self._checksum = bool(descriptor & 0x04)
+            self._skip = (0 if single_segment else 1) + did + fcs
+            self._state, self._need = "block", 3
+        elif self._state == "block":
+            header = int.from_bytes(field, "little")
+            last, kind, size = header & 1, (header >> 1) & 3, header >> 3
+            if kind == 3:
+                raise ValueError("zstd block type 3 is reserved")
+            self._skip = 1 if kind == 1 else size
+            if last:
+                self.frames += 1
+                self._skip += 4 if self._checksum else 0
+                self._state, self._need = "magic", 4
+
+
 class _ChunkSource:
     """Hands authenticated, decrypted chunks to the decompressor; nothing else gets out."""
 
@@ -805,6 +878,7 @@ class _ChunkSource:
         self._available = memoryview(b"")
         self._index = 0
         self.consumed = 0
+        self.frames = ZstdFrameWalker()
 
     def read(self, size: int = -1) -> memoryview:
         # A view, not a copy: the zstd reader consumes all of it before it calls read()
@@ -816,6 +890,13 @@ class _ChunkSource:
         out = self._available[:size]
         self._available = self._available[size:]
         self.consumed += len(out)
+        try:
+            self.frames.feed(out)
+        except ValueError as exc:
+            raise DecompressionError(
+                f"authenticated payload is not a valid zstd stream at compressed byte {self.consumed}: {exc}",
+                header=self._header,
+            ) from exc
         return out
 
     def _next_chunk(self) -> bool:
@@ -905,6 +986,12 @@ class _PlaintextStream(io.RawIOBase):
         """Enforce the declared size on every piece before it is handed out."""
         if got == 0:
             self._finished = True
+            if self._source.read(1) or not self._source.frames.at_boundary or not self._source.frames.frames:
+                raise DecompressionError(
+                    f"authenticated payload ends inside a zstd frame after {self._produced} plaintext bytes "
+                    "(the compressed stream is incomplete)",
+                    header=self._header,
+                )
             if self._produced != self._declared:
                 raise PlaintextTooShortError(
                     f"payload ends after {self._produced} plaintext bytes; "

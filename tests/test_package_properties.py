@@ -106,3 +106,64 @@ def test_corruption_never_yields_plaintext(payload: bytes, hows: list[tuple[str,
             assert released == b""
             return
         raise AssertionError(f"corrupted package accepted ({len(released)} bytes released)")
+
+
+@st.composite
+def zstd_streams(draw: st.DrawFn) -> tuple[bytes, list[int]]:
+    """Concatenated zstd frames (assorted parameters, some skippable) and their end offsets."""
+    import zstandard
+
+    stream, ends = b"", []
+    for _ in range(draw(st.integers(1, 3))):
+        if draw(st.booleans()) and ends:
+            skip = draw(st.binary(max_size=20))
+            stream += (0x184D2A50 + draw(st.integers(0, 15))).to_bytes(4, "little")
+            stream += len(skip).to_bytes(4, "little") + skip
+        data = draw(
+            st.binary(max_size=3000)
+            | st.builds(lambda b, n: b * n, st.binary(min_size=1, max_size=9), st.integers(1, 40000))
+        )
+        compressor = zstandard.ZstdCompressor(
+            level=draw(st.integers(1, 5)),
+            write_checksum=draw(st.booleans()),
+            write_content_size=draw(st.booleans()),
+        )
+        if draw(st.booleans()):
+            stream += compressor.compress(data)
+        else:
+            obj = compressor.compressobj()
+            stream += obj.compress(data) + obj.flush()
+        ends.append(len(stream))
+    return stream, ends
+
+
+@settings(SETTINGS, max_examples=150)
+@given(sample=zstd_streams(), split=st.integers(1, 500), cut=st.integers(0, 10**6))
+def test_zstd_frame_walker_knows_where_frames_end(
+    sample: tuple[bytes, list[int]], split: int, cut: int
+) -> None:
+    from protocol.package import ZstdFrameWalker
+
+    stream, ends = sample
+    walker = ZstdFrameWalker()
+    for start in range(0, len(stream), split):  # any feeding granularity
+        walker.feed(memoryview(stream[start : start + split]))
+    assert walker.at_boundary and walker.frames == len(ends)
+    prefix = cut % len(stream)
+    partial = ZstdFrameWalker()
+    partial.feed(memoryview(stream[:prefix]))
+    assert partial.at_boundary == (prefix == 0 or prefix in ends or _ends_a_skippable(stream, prefix, ends))
+
+
+def _ends_a_skippable(stream: bytes, prefix: int, ends: list[int]) -> bool:
+    """True if ``prefix`` falls exactly after a skippable frame (also a frame boundary)."""
+    position = 0
+    while position < prefix:
+        magic = int.from_bytes(stream[position : position + 4], "little")
+        if magic & 0xFFFFFFF0 == 0x184D2A50:
+            position += 8 + int.from_bytes(stream[position + 4 : position + 8], "little")
+            if position == prefix:
+                return True
+        else:
+            position = min(e for e in ends if e > position)
+    return False

@@ -453,3 +453,22 @@ def test_writer_refuses_deeply_nested_values(tmp_path: Path) -> None:
         nested = [nested]
     with pytest.raises(InvalidFieldError, match="nested deeper"):
         write_package(tmp_path, b"x", manifest={"deep": nested})
+
+
+def test_compressed_stream_cut_short_by_the_sender(original: Path, tmp_path: Path) -> None:
+    """An authentic payload whose zstd frame is incomplete never ends cleanly — even when the
+    declared size matches what the incomplete frame decompresses to."""
+    frame = zstandard.ZstdCompressor().compress(PAYLOAD)
+    for declared in (len(PAYLOAD), 5993):
+        error, released, _ = attempt(tmp_path / "p", craft(original, frame[:-7], declared=declared))
+        assert type(error) is DecompressionError, error
+        assert "ends inside a zstd frame" in str(error)
+        assert PAYLOAD.startswith(released) and len(released) < len(PAYLOAD)
+
+
+def test_trailing_garbage_after_the_last_frame(original: Path, tmp_path: Path) -> None:
+    frame = zstandard.ZstdCompressor().compress(PAYLOAD)
+    error, _, _ = attempt(
+        tmp_path / "p", craft(original, frame + b"\x00\x01\x02\x03junk", declared=len(PAYLOAD))
+    )
+    assert type(error) is DecompressionError and "not a valid zstd stream" in str(error)
