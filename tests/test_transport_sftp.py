@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
@@ -23,6 +24,7 @@ from connectors.transports import (
     TransportError,
     TransportUnavailable,
 )
+from protocol.layout import is_temp_name
 from tests.sshd import Account, SshdServer, generate_key
 
 
@@ -245,29 +247,41 @@ def test_dropped_connection_mid_transfer_resumes(
     assert _sha256(tmp_path / "p") == expected
 
 
-def test_put_survives_a_dropped_connection(sshd: SshdServer, sftp_account: Account, tmp_path: Path) -> None:
-    """The first upload breaks off; the retry uploads afresh; no temporary is left behind."""
+def test_put_survives_a_dropped_connection(
+    sshd: SshdServer, sftp_account: Account, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection breaks with the temporary half written; the retry uploads afresh, and the
+    broken try's temporary is removed once the server is reachable again."""
+    import connectors.transports.sftp as sftp_module
+
     local = tmp_path / "report"
     local.write_bytes(os.urandom(8 * 1024 * 1024))
-    transport = SftpTransport(settings(sshd, sftp_account), sleep=SleepRecorder(real=True))
-    transport.listdir("outbox")  # connected
-    original = transport._upload
-    calls: list[int] = []
+    real_upload = sftp_module.upload
+    seen_partial: list[list[str]] = []
 
-    def flaky_upload(*args: object) -> None:
-        calls.append(1)
-        if len(calls) == 1:
-            sshd.drop_connections()
-        original(*args)  # type: ignore[arg-type]
+    class BreakAfterTwoBlocks:
+        def __init__(self, source: Any) -> None:
+            self.source, self.blocks = source, 0
 
-    transport._upload = flaky_upload  # type: ignore[method-assign]
-    with transport:
+        def read(self, n: int) -> bytes:
+            self.blocks += 1
+            if self.blocks == 3 and not seen_partial:
+                time.sleep(0.2)  # let the first writes land
+                seen_partial.append(os.listdir(sftp_account.path("outbox")))
+                sshd.drop_connections()
+            data: bytes = self.source.read(n)
+            return data
+
+    def flaky_upload(sftp: Any, path: str, source: Any, *args: Any) -> int:
+        return real_upload(sftp, path, BreakAfterTwoBlocks(source), *args)
+
+    monkeypatch.setattr(sftp_module, "upload", flaky_upload)
+    with SftpTransport(settings(sshd, sftp_account), sleep=SleepRecorder(real=True)) as transport:
         transport.put(local, "outbox/report")
-    assert len(calls) == 2
+        assert transport.connections == 2
+    assert len(seen_partial[0]) == 1 and is_temp_name(seen_partial[0][0])  # it was there, half written
     assert sftp_account.path("outbox", "report").read_bytes() == local.read_bytes()
-    leftovers = [n for n in os.listdir(sftp_account.path("outbox")) if n != "report"]
-    assert leftovers == [] or all(n.startswith(".report.") for n in leftovers)
-    assert [e.name for e in transport.listdir("outbox")] == ["report"]
+    assert os.listdir(sftp_account.path("outbox")) == ["report"]  # and now it is gone
 
 
 def test_backoff_is_bounded_when_the_server_stays_down(sshd: SshdServer, sftp_account: Account) -> None:

@@ -161,6 +161,7 @@ class SftpTransport(Transport):
         self._ssh: paramiko.Transport | None = None
         self._sftp: paramiko.SFTPClient | None = None
         self.connections = 0  # how many times a connection was opened (tests, metrics)
+        self._orphans: list[str] = []
 
     # -- connection -----------------------------------------------------------------------
     def _connect(self) -> paramiko.SFTPClient:
@@ -407,9 +408,19 @@ class SftpTransport(Transport):
                 if self._ssh is not None and self._ssh.is_active():
                     with contextlib.suppress(Exception):
                         sftp.remove(tmp)
+                else:
+                    self._orphans.append(tmp)  # the connection broke: remove it once back
                 raise
+            self._remove_orphans(sftp)
 
         self._retrying(f"put {remote}", run)
+
+    def _remove_orphans(self, sftp: paramiko.SFTPClient) -> None:
+        """Temporaries of uploads whose connection broke (readers skip them; this tidies up)."""
+        while self._orphans:
+            with contextlib.suppress(OSError):
+                sftp.remove(self._orphans[-1])
+            self._orphans.pop()
 
     def _upload(self, sftp: paramiko.SFTPClient, local: Path, tmp: str) -> None:
         try:
