@@ -80,6 +80,9 @@ class Runtime(Protocol):
     def subscriptions(self, ctx: RunContext) -> dict[str, Schedule]:
         """The verified subscription list from ``control/`` (subscription id -> schedule)."""
 
+    def saved_subscriptions(self, ctx: RunContext) -> dict[str, Schedule]:
+        """The last list that verified, from local state (used while the current one cannot be)."""
+
     def sync(self, subscription_id: str, ctx: RunContext) -> bool:
         """Fetch and apply everything pending for one subscription; True if all went well."""
 
@@ -247,9 +250,17 @@ class Daemon:
             schedules = self.runtime.subscriptions(self.context())
         except Exception as exc:
             self._subscriptions_ok = False
-            log.error("subscriptions.unavailable", error=str(exc))
-            self.notifier.status(f"subscription list unavailable: {exc}")
+            message = f"subscription list unavailable, keeping the last good one: {type(exc).__name__}: {exc}"
+            log.error("subscriptions.unavailable", error=message)
+            self.notifier.status(message)
+            if self.state.meta("subscriptions_error") != message:  # report each distinct problem once
+                self.state.set_meta("subscriptions_error", message)
+                self.queue.put(self.reports.error(subscription_id=None, code=error_code(exc),
+                                                  message=message))
+            if not list(self.scheduler.subscriptions):  # just started: the last good list from state
+                self.scheduler.set_subscriptions(self.runtime.saved_subscriptions(self.context()))
             return
+        self.state.set_meta("subscriptions_error", "")
         self._subscriptions_ok = True
         self.scheduler.set_subscriptions(schedules)
 

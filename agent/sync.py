@@ -274,6 +274,13 @@ class AgentRuntime:
             self._handle_control_revoke(revoke, ctx)
         return {sub_id: e.schedule for sub_id, e in entries.items()}
 
+    def saved_subscriptions(self, ctx: RunContext) -> dict[str, Schedule]:
+        raw = ctx.state.meta("subscriptions_json")
+        if not raw:
+            return {}
+        self.entries = parse_subscription_list(raw.encode(), self.agent_id)
+        return {sub_id: e.schedule for sub_id, e in self.entries.items()}
+
     def _check_not_older(self, state: State, header: PackageHeader) -> None:
         """A replayed older list (withheld newer one) must not roll the subscriptions back."""
         seen = int(state.meta("subscriptions_sequence") or 0)

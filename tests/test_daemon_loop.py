@@ -48,6 +48,9 @@ class FileRuntime:
         config = json.loads((self.workdir / "config.json").read_text())
         return {sub: Schedule.parse("实时") for sub in config["subscriptions"]}
 
+    def saved_subscriptions(self, ctx: RunContext) -> dict[str, Schedule]:
+        return {}
+
     def sync(self, subscription_id: str, ctx: RunContext) -> bool:
         marker = self.workdir / "hang"
         if marker.exists():

@@ -593,3 +593,24 @@ def test_incompatible_schema_change_is_quarantined_and_stops_only_that_subscript
     rows = site.reports()
     assert rows[(site.agent, "staff")].state == "error"
     assert rows[(site.agent, "docs")].state == "ok"
+
+
+def test_forged_subscription_list_is_refused_and_the_last_good_one_kept(site: Site) -> None:
+    _write(site.root / "docs" / "a.txt", "a\n")
+    site.add_file_subscription("docs", site.root / "docs")
+    site.publish()
+    assert site.run_once() == 0
+    rogue = init_keys(site.root / "rogue", "platform")
+    forged = site.exchange / "control" / package_filename("subscriptions", 99, "cd" * 16)
+    with PackageWriter(forged, kind="subscriptions", sender=rogue, recipient=site.agent_keys.public_bundle(),
+                       subscription="subscriptions", sequence=99, package_id="cd" * 16) as writer:
+        writer.write(json.dumps({"subscriptions": []}).encode())
+    _write(site.root / "docs" / "b.txt", "b\n")
+    site.publish()
+    assert site.run_once() == 1  # the list could not be verified ...
+    assert _tree(site.share / "docs") == {"a.txt": "a\n", "b.txt": "b\n"}  # ... the last good one still runs
+    assert site.run_once() == 1
+    errors = [d for d in site.outbox_documents() if d["type"] == "error" and d["subscription_id"] is None]
+    assert len(errors) == 1  # reported once, not on every poll
+    assert "subscription list unavailable" in errors[0]["message"]
+    assert errors[0]["code"] in ("unknown_sender", "signature")
