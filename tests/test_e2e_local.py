@@ -614,3 +614,30 @@ def test_forged_subscription_list_is_refused_and_the_last_good_one_kept(site: Si
     assert len(errors) == 1  # reported once, not on every poll
     assert "subscription list unavailable" in errors[0]["message"]
     assert errors[0]["code"] in ("unknown_sender", "signature")
+
+
+def test_heartbeat_carries_what_the_platform_needs(site: Site) -> None:
+    import hashlib
+
+    from agent import __version__
+
+    _write(site.root / "docs" / "a.txt", "a\n")
+    site.add_file_subscription("docs", site.root / "docs")
+    site.publish()
+    _write(site.root / "docs" / "b.txt", "b\n")
+    site.publish()
+    assert site.run_once() == 0
+    heartbeat = [d for d in site.outbox_documents() if d["type"] == "heartbeat"][-1]
+    assert heartbeat["version"] == __version__
+    assert heartbeat["config_digest"] == hashlib.sha256(site.config.read_bytes()).hexdigest()
+    assert heartbeat["uptime_s"] >= 0 and heartbeat["interval_s"] == 60
+    assert heartbeat["disk_free"]["share:main"] > 0 and heartbeat["disk_free"]["state_dir"] > 0
+    audit_lines = (site.state / "audit.log").read_text().splitlines()
+    head = heartbeat["audit_head"]
+    assert 0 < head["seq"] <= len(audit_lines)
+    assert json.loads(audit_lines[head["seq"] - 1])["hash"] == head["hash"]  # a real point of the chain
+    (sub,) = heartbeat["subscriptions"]
+    assert sub["subscription_id"] == "docs" and sub["state"] == "ok"
+    assert sub["applied_sequence"] == 2 and sub["published_sequence"] == 2 and sub["lag"] == 0
+    assert sub["digest_match"] is True and sub["local_digest"] == sub["expected_digest"]
+    assert sub["last_success"] and sub["last_error"] is None
