@@ -55,6 +55,10 @@ T = TypeVar("T")
 # OpenSSH's sftp-server answers reads of up to 256 KiB - 1 KiB (SFTP_MAX_READ_LENGTH); a server
 # with a lower limit answers short and the reader adapts (connectors/transports/pipeline.py).
 MAX_REQUEST_SIZE = 255 * 1024
+# A too-large WRITE is an error, not a short write, and servers differ in what they accept: write
+# in the 32 KiB every SFTP server takes (as OpenSSH's sftp client does), 64 in flight. Uploads
+# are reports, small; this costs nothing that matters.
+WRITE_SIZE, WRITES_IN_FLIGHT = 32 * 1024, 64
 # Prefer AES-GCM (AES-NI, one pass for cipher and MAC), then CTR; never CBC or 3DES.
 _CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr", "aes256-ctr")
 
@@ -428,7 +432,7 @@ class SftpTransport(Transport):
         except OSError as exc:
             raise LocalFileError(f"put: cannot read {local}: {exc.strerror}") from exc
         with src:
-            written = upload(sftp, tmp, src, self.settings.request_size, self.settings.prefetch_requests)
+            written = upload(sftp, tmp, src, WRITE_SIZE, WRITES_IN_FLIGHT)
         stored = sftp.stat(tmp).st_size
         if stored != written:
             raise TransportError(f"put: the server stored {stored} of {written} bytes of {tmp}")
