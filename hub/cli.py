@@ -122,7 +122,7 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     with Publisher.open(args.dir) as pub:
         written = pub.revoke(args.subscription, args.agent)
     for agent, name in written:
-        print(f"revocation for {agent}: control/{name}")
+        print(f"revocation for {agent}: inbox/{name}")
     return OK
 
 

@@ -366,7 +366,7 @@ class Publisher:
         expected_state: dict[str, Any] | None,
         manifest: dict[str, Any] | None,
         directory: str,
-    ) -> None:
+    ) -> str:
         """Write one package into the spool and record it as pending (inside the state transaction)."""
         package_id = new_package_id()
         filename = package_filename(channel, sequence, package_id)
@@ -401,6 +401,7 @@ class Publisher:
             )
         )
         state.set_sequence(agent, sequence, revoked=kind == KIND_REVOKE)
+        return filename
 
     # ------------------------------------------------------------------ recovery and placing
     def recover(self, state: PublishState) -> None:
@@ -449,10 +450,12 @@ class Publisher:
                 for agent in agents:
                     if agent not in {s.agent for s in sub.subscribers}:
                         raise RegistryError(f"agent {agent!r} does not subscribe to {sub.id}")
+                    if sequences.get(agent, (0, False))[1]:
+                        raise RegistryError(f"agent {agent!r} is already revoked from {sub.id}")
                     sequence = sequences.get(agent, (0, False))[0] + 1
                     reason = {"reason": "subscription revoked by the platform", "time": now_utc()}
                     payload = json.dumps(reason, ensure_ascii=False, sort_keys=True).encode("utf-8")
-                    self._write_package(
+                    filename = self._write_package(
                         state,
                         agent,
                         sub.id,
@@ -466,9 +469,7 @@ class Publisher:
                         manifest=None,
                         directory=INBOX,
                     )
-                    written.append(
-                        (agent, package_filename(sub.id, sequence, state.packages(agent)[-1].package_id))
-                    )
+                    written.append((agent, filename))
             self.place(state)
         finally:
             state.close()

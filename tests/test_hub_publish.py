@@ -211,3 +211,25 @@ def test_changed_filter_forces_a_snapshot(tmp_path: Path, sqlite_url: str) -> No
     assert agent.catch_up() == 2 and agent.headers[-1].kind == "snapshot"
     assert list(agent.table()) == ['"9"']
     engine.dispose()
+
+
+def test_revoked_agent_receives_nothing_more(tmp_path: Path, sqlite_url: str) -> None:
+    from hub.cli import main as hub_main
+
+    engine = sa.create_engine(sqlite_url)
+    table = staff_table(sa.MetaData())
+    table.metadata.create_all(engine)
+    hub = HubFixture(tmp_path, ["school-1", "school-2"])
+    hub.add_subscription(subscription_text(sqlite_url, agents=("school-1", "school-2")))
+    with engine.begin() as conn:
+        conn.execute(table.insert(), [_row(1, "2026-01-01 08:00:00")])
+    hub.publish()
+    assert hub_main(["revoke", str(hub.root), "--subscription", "staff", "--agent", "school-2"]) == 0
+    with engine.begin() as conn:
+        conn.execute(table.insert(), [_row(2, "2026-01-02 08:00:00")])
+    hub.publish()
+    kept = sorted(p.name.split(".")[1] for p in hub.inbox("school-1").iterdir())
+    revoked = sorted(p.name.split(".")[1] for p in hub.inbox("school-2").iterdir())
+    assert kept == ["000000000001", "000000000002"] and revoked == ["000000000001", "000000000002"]
+    assert ReplayAgent(hub, "school-1").catch_up() == 2
+    engine.dispose()

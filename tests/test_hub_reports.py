@@ -84,6 +84,8 @@ def test_every_state(tmp_path: Path, sqlite_url: str, capsys: Any) -> None:
     hub.add_subscription(subscription_text(sqlite_url, agents=AGENTS))
     hub.publish()
     assert hub_main(["revoke", str(hub.root), "--subscription", "staff", "--agent", "gone-5"]) == 0
+    assert hub_main(["revoke", str(hub.root), "--subscription", "staff", "--agent", "gone-5"]) == 1
+    assert "already revoked" in capsys.readouterr().err
     state = PublishState(hub.root / "state" / "staff.db")
     packages = {a: state.packages(a) for a in AGENTS}
     state.close()
