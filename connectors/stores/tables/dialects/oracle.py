@@ -38,11 +38,12 @@ class OracleDialect(SqlDialect):
     def column_type(self, ctype: ColumnType) -> sa.types.TypeEngine[Any]:
         family = ctype.family
         if family is Family.TEXT:
+            # character length semantics in an AL32UTF8 database (documented requirement)
             if ctype.length is None or ctype.length > _MAX_VARCHAR2_CHARS:
-                return oracle.NCLOB()
+                return oracle.CLOB()
             if ctype.fixed and ctype.length <= 500:
                 return oracle.NCHAR(ctype.length)
-            return oracle.NVARCHAR2(ctype.length)
+            return oracle.VARCHAR2(ctype.length)
         if family is Family.INTEGER:
             return oracle.NUMBER(len(str(max(abs(ctype.int_min), ctype.int_max))), 0)
         if family is Family.DECIMAL:
@@ -105,6 +106,13 @@ class DMDialect(OracleDialect):
     """达梦 DM8: Oracle-compatible SQL (MERGE, dual, RENAME), via dmSQLAlchemy."""
 
     name = "dm"
+
+    def column_type(self, ctype: ColumnType) -> sa.types.TypeEngine[Any]:
+        if ctype.family is Family.FLOAT:
+            return sa.types.DOUBLE()  # DM has no BINARY_DOUBLE
+        if ctype.family is Family.BINARY and ctype.length is not None and ctype.length <= 2000:
+            return sa.types.VARBINARY(ctype.length)  # DM spells RAW as VARBINARY
+        return super().column_type(ctype)
 
 
 class _Loader(SnapshotLoader):
