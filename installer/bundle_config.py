@@ -9,6 +9,7 @@ config is complete: a fresh install has no platform key yet, so `load_config` wo
     bundle_config.py ssh-key FILE NAME   create an Ed25519 OpenSSH identity (FILE 0600, FILE.pub)
     bundle_config.py fresh-config EXAMPLE ROOT AGENT_ID [URL] [HOST_KEY]
                                          a new config.yaml (stdout) from config.example.yaml
+    bundle_config.py compat VERSION      the drop-in older systemd needs (empty: none)
 """
 
 from __future__ import annotations
@@ -146,6 +147,27 @@ def fresh_config(example: Path, root: str, agent_id: str, url: str = "", host_ke
     return text
 
 
+def compat(systemd_version: int) -> str:
+    """Reset the two settings that would break the start on older systemd (docs/operations.md,
+    "systemd versions"); everything else unknown to it is ignored with a warning."""
+    lines = []
+    if systemd_version < 239:
+        lines += [
+            "# @system-service is unknown before systemd 239: an allow-list without it kills the agent.",
+            "SystemCallFilter=",
+        ]
+    if 247 <= systemd_version < 251:
+        lines += [
+            "# LoadCredential= cannot load a directory before systemd 251: list each file instead, e.g.",
+            "#   LoadCredential=edu-agent_db-main:/etc/edu-agent/credentials/db-main",
+            "LoadCredential=",
+        ]
+    if not lines:
+        return ""
+    header = [f"# Written by install.sh for systemd {systemd_version} (docs/operations.md).", "[Service]"]
+    return "\n".join(header + lines) + "\n"
+
+
 def main(argv: list[str]) -> int:
     if len(argv) == 2 and argv[0] == "paths":
         sys.stdout.write(paths(Path(argv[1])))
@@ -153,6 +175,8 @@ def main(argv: list[str]) -> int:
         sys.stdout.write(dropin(Path(argv[1])))
     elif 4 <= len(argv) <= 6 and argv[0] == "fresh-config":
         sys.stdout.write(fresh_config(Path(argv[1]), *argv[2:]))
+    elif len(argv) == 2 and argv[0] == "compat":
+        sys.stdout.write(compat(int(argv[1])))
     elif len(argv) == 3 and argv[0] == "ssh-key":
         ssh_key(Path(argv[1]), argv[2])
     else:

@@ -215,21 +215,14 @@ if [ -z "$systemd_version" ] && command -v systemctl >/dev/null; then
 fi
 compat=$unit_dir/edu-agent.service.d/05-systemd-compat.conf
 rm -f "$compat"
-if [ -n "$systemd_version" ] && [ "$systemd_version" -lt 251 ]; then
-    {
-        echo "# Written by install.sh for systemd $systemd_version (docs/operations.md, \"systemd versions\")."
-        echo "[Service]"
-        if [ "$systemd_version" -lt 239 ]; then
-            echo "# @system-service is unknown before 239: an allow-list without it would kill the agent."
-            echo "SystemCallFilter="
-        fi
-        if [ "$systemd_version" -ge 247 ]; then
-            echo "# LoadCredential= cannot load a directory before 251: list each file instead, e.g."
-            echo "#   LoadCredential=edu-agent_db-main:/etc/edu-agent/credentials/db-main"
-            echo "LoadCredential="
-        fi
-    } > "$compat"
-    echo "install: wrote $compat for systemd $systemd_version"
+if [ -n "$systemd_version" ]; then
+    "${helper[@]}" compat "$systemd_version" > "$compat.new"
+    if [ -s "$compat.new" ]; then
+        mv "$compat.new" "$compat"
+        echo "install: wrote $compat for systemd $systemd_version"
+    else
+        rm -f "$compat.new"
+    fi
 fi
 if [ "$packaged" = 0 ]; then
     rewrite < "$bundle/systemd/edu-agent.service" > "$unit_dir/edu-agent.service"

@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -191,3 +192,41 @@ def test_tmpfiles_snippet_creates_directories_with_owner_and_mode(tmp_path: Path
         assert st.st_mode & 0o7777 == mode, rel
     # Owners are looked up in the *host's* user database by systemd-tmpfiles --root, where
     # edu-agent may not exist, so only modes are asserted here; install.sh tests check owners.
+
+
+def test_every_directive_of_the_unit_is_in_the_operations_guide() -> None:
+    """docs/operations.md explains the unit: each directive it sets is named there (the
+    systemd version table lists those newer than CentOS 7's 219)."""
+    guide = (REPO / "docs" / "operations.md").read_text()
+    basics = {"Description", "Documentation", "After", "Wants", "WantedBy", "ExecStart", "ExecStartPre",
+              "ExecReload", "User", "Group", "WorkingDirectory"}  # fmt: skip
+    missing = [key for key in unit_directives(UNIT.read_text()) if key not in basics and key not in guide]
+    assert missing == []
+
+
+def compat_dropin(version: int) -> str:
+    result = subprocess.run(
+        [sys.executable, str(REPO / "installer" / "bundle_config.py"), "compat", str(version)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return result.stdout
+
+
+@pytest.mark.parametrize(
+    ("version", "resets"),
+    [(219, {"SystemCallFilter"}), (238, {"SystemCallFilter"}), (239, set()), (247, {"LoadCredential"}),
+     (250, {"LoadCredential"}), (251, set()), (252, set())],
+)  # fmt: skip
+def test_compat_dropin_for_older_systemd(tmp_path: Path, version: int, resets: set[str]) -> None:
+    """install.sh resets exactly the settings that would stop the agent from starting on that
+    systemd; the unit with that drop-in still verifies."""
+    text = compat_dropin(version)
+    assert {k for k, v in unit_directives(text).items() if v == [""]} == resets
+    if not resets:
+        assert text == ""
+        return
+    tool = systemd_tool("systemd-analyze")
+    unit = unit_with_existing_binary(tmp_path)
+    unit.write_text(unit.read_text() + "\n" + text)
+    result = subprocess.run([tool, "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stderr.strip() == "", result.stderr
