@@ -39,8 +39,8 @@ sender = PartyKeys.from_private_bytes("platform", bytes(range(32)), bytes(range(
 agent = PartyKeys.from_private_bytes("school-1", bytes(range(2, 34)), bytes(range(3, 35)))
 path = Path({path!r})
 size = {size}
-block = bytearray(b"".join(b'U,"%08d","\xe5\xad\xa6\xe7\x94\x9f","2026-01-01 08:00:00"\n' % i for i in range(28000)))
-block = bytes(block[: 1 << 20])
+row = b'U,"%08d","\xe5\xad\xa6\xe7\x94\x9f","2026-01-01 08:00:00"\n'
+block = b"".join(row % i for i in range(28000))[: 1 << 20]
 mode = sys.argv[1]
 baseline = rss_kib()
 if mode == "write":
@@ -51,7 +51,8 @@ if mode == "write":
     result = {{"plaintext": writer.plaintext_bytes, "file": path.stat().st_size}}
 else:
     total = 0
-    with open_package(path, trusted_senders={{"platform": sender.public_bundle()}}, recipient=agent) as package:
+    trusted = {{"platform": sender.public_bundle()}}
+    with open_package(path, trusted_senders=trusted, recipient=agent) as package:
         for piece in package.iter_plaintext():
             start = total % len(block)
             if piece != (block[start:] + block[:start])[: len(piece)]:

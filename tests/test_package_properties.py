@@ -113,7 +113,7 @@ def zstd_streams(draw: st.DrawFn) -> tuple[bytes, list[int]]:
     """Concatenated zstd frames (assorted parameters, some skippable) and their end offsets."""
     import zstandard
 
-    stream, ends = b"", []
+    stream, ends = b"", list[int]()
     for _ in range(draw(st.integers(1, 3))):
         if draw(st.booleans()) and ends:
             skip = draw(st.binary(max_size=20))
