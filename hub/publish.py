@@ -17,6 +17,7 @@ therefore never sees a partial package, a gap, or two different packages with on
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -25,6 +26,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from hub.capture import TableCapture, TableChange
 from hub.catalog import Subscription
@@ -117,9 +120,15 @@ class Publisher:
             document = Path(path).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise CatalogError(f"{path}: cannot read: {exc}") from exc
+        before: set[str] = set()
+        previous_id = _peek_id(document)
+        if previous_id is not None:
+            with contextlib.suppress(RegistryError):  # RegistryError: a new subscription
+                before = {x.agent for x in self.registry.subscription(previous_id).subscribers}
         sub, new = self.registry.put_subscription(document, str(path))
-        for subscriber in sub.subscribers:
-            self.write_subscription_list(subscriber.agent)
+        # Agents added or dropped both get a fresh list: a dropped agent must stop scheduling it.
+        for agent in sorted(before | {x.agent for x in sub.subscribers}):
+            self.write_subscription_list(agent)
         return sub, new
 
     def _control_sequence(self, agent_id: str, channel: str) -> int:
@@ -474,6 +483,16 @@ class Publisher:
         finally:
             state.close()
         return written
+
+
+def _peek_id(document: str) -> str | None:
+    """The ``id`` of a subscription document before validation (None if there is none)."""
+    try:
+        data = yaml.safe_load(document)
+    except yaml.YAMLError:
+        return None
+    value = data.get("id") if isinstance(data, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def _fsync_dir(directory: Path) -> None:

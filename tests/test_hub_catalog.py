@@ -164,3 +164,19 @@ def test_glob_star_never_crosses_a_directory(path: str) -> None:
     assert bool(glob_regex("*").match(path)) == ("/" not in path)
     assert bool(glob_regex("**").match(path))
     assert selected(path, ["**"], ["**"]) is False
+
+
+def test_dropped_subscriber_gets_a_new_list(tmp_path: Path) -> None:
+    from protocol.layout import sorted_packages
+    from protocol.package import open_package
+
+    hub = HubFixture(tmp_path, ["school-1", "school-2"])
+    hub.add_subscription(subscription_text("sqlite:///x.db", agents=("school-1", "school-2")))
+    hub.add_subscription(subscription_text("sqlite:///x.db", agents=("school-1",)))
+    control = hub.root / "exchange/school-2/control"
+    names, _ = sorted_packages(p.name for p in control.iterdir())
+    assert [n.sequence for n in names] == [1, 2]
+    trusted = {"platform": hub.platform.public_bundle()}
+    path = control / names[-1].filename
+    with open_package(path, trusted_senders=trusted, recipient=hub.agent_keys["school-2"]) as pkg:
+        assert json.loads(b"".join(pkg.iter_plaintext()))["subscriptions"] == []
