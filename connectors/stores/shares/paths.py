@@ -47,6 +47,7 @@ _WINDOWS_DEVICE_NAMES = frozenset(
     + [f"LPT{i}" for i in "123456789¹²³"]
 )
 _DRIVE = re.compile(r"^[A-Za-z]:")
+_PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]*")
 
 
 def collision_key(path: str) -> str:
@@ -65,9 +66,10 @@ def _check_component(path: str, name: str) -> None:
         raise ParentTraversalError(path)
     if name == ".":
         raise DotComponentError(path)
-    for ch in name:
-        if unicodedata.category(ch) in _FORBIDDEN_CATEGORIES:
-            raise ControlCharacterError(path, f"U+{ord(ch):04X}")
+    if not _PRINTABLE_ASCII.fullmatch(name):  # printable ASCII needs no per-character lookup
+        for ch in name:
+            if unicodedata.category(ch) in _FORBIDDEN_CATEGORIES:
+                raise ControlCharacterError(path, f"U+{ord(ch):04X}")
     if ":" in name:
         raise DrivePathError(path, "':' names a drive or an NTFS stream")
     bad = sorted(set(name) & _WINDOWS_FORBIDDEN_CHARS)

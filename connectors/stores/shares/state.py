@@ -156,13 +156,13 @@ class ShareState:
     def clear_journal(self) -> None:
         self._db.execute("DELETE FROM journal")
 
-    def finish(self, plan: dict[str, Any]) -> None:
+    def finish(self, plan: dict[str, Any], after: LtHash | None = None) -> None:
         """Make the index and position those of the committed plan, and drop the journal."""
         writes = [ManifestEntry(p, size, sha) for _, p, size, sha, *_ in plan["writes"]]
         with self.transaction():
-            before = self.lthash()
-            touched = self.lookup_many([w.path for w in writes] + list(plan["removed"]))
-            after = advance(before, touched, writes, plan["removed"], snapshot=plan["snapshot"])
+            if after is None:  # recovery: recompute what apply had predicted
+                touched = self.lookup_many([w.path for w in writes] + list(plan["removed"]))
+                after = advance(self.lthash(), touched, writes, plan["removed"], snapshot=plan["snapshot"])
             self._db.execute(
                 "INSERT OR REPLACE INTO digest_state (id, state) VALUES (1, ?)", (after.to_bytes(),)
             )

@@ -75,6 +75,7 @@ from connectors.stores.shares.manifest import ManifestEntry, resulting_set
 from connectors.stores.shares.paths import META_DIRNAME, check_collisions, validate_dirname
 from connectors.stores.shares.state import Position, ShareState
 from connectors.stores.shares.stream import PayloadReader, Plaintext
+from protocol.digest import LtHash
 
 log = logging.getLogger(__name__)
 
@@ -416,7 +417,7 @@ class ShareStore:
                     f"{dirname}: filesystem full while committing package {package.package_id}; "
                     "the previous file set is intact"
                 ) from exc
-            self._roll_forward(sub, plan)
+            self._roll_forward(sub, plan, after)
             local = sub.state.position()
             assert local is not None
             result = ApplyResult(
@@ -642,7 +643,7 @@ class ShareStore:
 
     # ------------------------------------------------------------------ roll forward
 
-    def _roll_forward(self, sub: _Subscription, plan: Mapping[str, Any]) -> None:
+    def _roll_forward(self, sub: _Subscription, plan: Mapping[str, Any], after: LtHash | None = None) -> None:
         """Carry out a committed plan; idempotent, so recovery can repeat it after a crash."""
         staging_fd = sub.staging_fd(create=False)
         pkg_fd = None
@@ -675,7 +676,7 @@ class ShareStore:
             tree.close()
             if pkg_fd is not None:
                 os.close(pkg_fd)
-        sub.state.finish(dict(plan))
+        sub.state.finish(dict(plan), after)
         if staging_fd is not None:
             try:
                 fsops.remove_tree_at(staging_fd, plan["staging"], plan["staging"], [])
