@@ -114,3 +114,12 @@ def test_first_start_moves_off_a_taken_port(chroot_tmp_path: os.PathLike[str]) -
     finally:
         squatter.close()
         server.close()
+
+
+def test_without_root_sshd_is_reported_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not root: the documented chrooted configuration cannot run, and the reason says why."""
+    from tests.sshd import SshdUnavailable, make_chroot_safe_dir
+
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(SshdUnavailable, match="needs root"):
+        make_chroot_safe_dir()
