@@ -12,6 +12,7 @@ adapts; a failed WRITE, fsync or CLOSE raises. Built on paramiko's request/respo
 
 from __future__ import annotations
 
+import contextlib
 from collections import deque
 from collections.abc import Iterator
 from typing import Any, BinaryIO
@@ -134,13 +135,12 @@ def upload(
         _fsync(client, handle)
         failed = False
     finally:
-        # Closed after a failure too (or the handle leaks on the server); then the failure in
-        # flight is the one to report, not a second one from CLOSE.
-        try:
-            client._request(CMD_CLOSE, handle)
-        except Exception:
-            if not failed:
-                raise
+        if failed:
+            # Closed after a failure too (or the handle leaks on the server), without waiting: the
+            # connection may be the thing that failed, and the failure in flight is the one to report.
+            with contextlib.suppress(Exception):
+                client._async_request(type(None), CMD_CLOSE, handle)
+    client._request(CMD_CLOSE, handle)  # a failed CLOSE can mean lost data: it is an error
     return offset
 
 
