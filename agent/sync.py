@@ -371,7 +371,8 @@ class AgentRuntime:
         if position.revoked or (floor and position.sequence == 0 and all(p.sequence <= floor for p in mine)):
             return True  # purged: nothing is applied any more (older packages may linger in the inbox)
         self._mirror_position(state, subscription_id, position)
-        ok = True
+        blocked: list[int] = []  # sequences rejected or held in this run
+        holding = False  # once one package is held, later deltas wait too; a later snapshot still applies
         for name in mine:
             if ctx.stop_requested():
                 break
@@ -381,18 +382,20 @@ class AgentRuntime:
                 self._acknowledge_skipped(name, ctx)
                 continue
             if state.is_quarantined(name.filename):
-                ok = False
+                blocked.append(name.sequence)
                 continue
-            outcome = self._process(subscription_id, name, store, position, ctx)
+            outcome = self._process(subscription_id, name, store, position, ctx, report_hold=not holding)
             if outcome == "held":
-                ok = False
-                break
+                blocked.append(name.sequence)
+                holding = True
+                continue
             if outcome == "rejected":
-                ok = False
+                blocked.append(name.sequence)
                 continue
             position = store.position()
         self._mirror_position(state, subscription_id, position)
         self._drop_stale_downloads(subscription_id, position.sequence)
+        ok = not any(sequence > position.sequence for sequence in blocked)  # a later snapshot supersedes
         if ok and not ctx.stop_requested():
             state.update_subscription(subscription_id, last_success=time.time(), last_error=None,
                                       held_gap=None)
@@ -423,7 +426,7 @@ class AgentRuntime:
                          sequence=name.sequence, reason="already applied")
 
     def _process(self, sub_id: str, name: PackageName, store: StoreAdapter, position: Position,
-                 ctx: RunContext) -> str:
+                 ctx: RunContext, report_hold: bool = True) -> str:
         try:
             local = self._fetch(INBOX, name, ctx)
         except TransportError as exc:
@@ -449,7 +452,7 @@ class AgentRuntime:
                     local.unlink(missing_ok=True)
                     return "applied"
                 if header.builds_on is not None and header.builds_on != position.sequence:
-                    return self._hold(sub_id, name, header, position, ctx)
+                    return self._hold(sub_id, header, position, ctx, report_hold)
                 started = time.monotonic()
                 stream = io.BufferedReader(_ProgressReader(package.plaintext(), ctx.tick))
                 applied = store.apply(header, stream)
@@ -457,7 +460,7 @@ class AgentRuntime:
                 self._quarantine(INBOX, name, exc, sub_id, ctx, header=header)
                 return "rejected"
         if applied.result == "held":  # the store's own gap check (e.g. a delta without builds_on)
-            return self._hold(sub_id, name, header, position, ctx)
+            return self._hold(sub_id, header, position, ctx, report_hold)
         local.unlink(missing_ok=True)
         ctx.metrics.apply_seconds.labels(sub_id, header.kind).observe(time.monotonic() - started)
         self._applied(sub_id, header, applied, ctx)
@@ -507,8 +510,11 @@ class AgentRuntime:
                          buckets=result.mismatched_buckets, files=result.mismatched_files[:100],
                          request_id=request["request_id"])
 
-    def _hold(self, sub_id: str, name: PackageName, header: PackageHeader, position: Position,
-              ctx: RunContext) -> str:
+    def _hold(self, sub_id: str, header: PackageHeader, position: Position, ctx: RunContext,
+              report: bool) -> str:
+        """Keep the package (its local copy stays for the next try); report the first gap of a run once."""
+        if not report:
+            return "held"
         gap = {"expected": position.sequence, "builds_on": header.builds_on, "found": header.sequence}
         previous = (ctx.state.subscription(sub_id) or {}).get("held_gap")
         ctx.state.update_subscription(sub_id, held_gap=gap)
@@ -548,6 +554,14 @@ class AgentRuntime:
             kind=header.kind if header is not None else "unknown", result="rejected",
             error={"code": code, "message": reason}))
         ctx.metrics.packages.labels(sub_id or name.channel, "rejected").inc()
+        if sub_id is not None and directory == INBOX and not isinstance(exc, StoreRejected):
+            # The copy did not verify (damaged, forged, expired): a fresh snapshot is the way forward.
+            # Content a store refuses would be refused again, so that waits for the operator.
+            request = ctx.reports.request(subscription_id=sub_id, request="resync",
+                                          reason=f"package {name.sequence} rejected: {code}")
+            ctx.queue.put(request)
+            ctx.audit.record("resync.requested", subscription=sub_id, request_id=request["request_id"],
+                             reason=request["reason"])
         log.error("package.quarantined", package=name.filename, code=code, reason=reason)
 
     # -- revocation -------------------------------------------------------------------------

@@ -641,3 +641,23 @@ def test_heartbeat_carries_what_the_platform_needs(site: Site) -> None:
     assert sub["applied_sequence"] == 2 and sub["published_sequence"] == 2 and sub["lag"] == 0
     assert sub["digest_match"] is True and sub["local_digest"] == sub["expected_digest"]
     assert sub["last_success"] and sub["last_error"] is None
+
+
+def test_rejected_copy_requests_a_resync_and_the_snapshot_heals(site: Site) -> None:
+    _write(site.root / "docs" / "a.txt", "a\n")
+    site.add_file_subscription("docs", site.root / "docs")
+    site.publish()
+    _write(site.root / "docs" / "b.txt", "b\n")
+    site.publish()
+    inbox = sorted((site.exchange / INBOX).iterdir())
+    data = bytearray(inbox[0].read_bytes())
+    data[-10] ^= 0xFF  # damaged on the exchange server
+    inbox[0].write_bytes(bytes(data))
+    assert site.run_once() == 1
+    assert not (site.share / "docs").exists() or _tree(site.share / "docs") == {}
+    requests = [d for d in site.outbox_documents() if d["type"] == "request"]
+    assert [r["request"] for r in requests] == ["resync"]
+    site.publish()  # the hub honours the request with a snapshot
+    assert site.run_once() == 0
+    assert _tree(site.share / "docs") == {"a.txt": "a\n", "b.txt": "b\n"}
+    assert site.reports()[(site.agent, "docs")].state == "ok"
