@@ -69,3 +69,14 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_open_transport_local(root: Path) -> None:
+    from agent.config import PlatformSection
+    from connectors.transports import open_transport
+
+    (root / "control" / "subs.json").write_bytes(b"{}")
+    platform = PlatformSection.model_construct(transport="local", url=f"file://{root}")
+    with open_transport(platform) as transport:
+        assert isinstance(transport, LocalTransport) and transport.root == root
+        assert transport.read("control/subs.json") == b"{}"
