@@ -509,3 +509,27 @@ def test_file_replaced_between_attempts_is_fetched_afresh(
         transport.fetch("inbox/p", tmp_path / "p", replace_and_drop)
         assert transport.connections == 2
     assert (tmp_path / "p").read_bytes() == replacement
+
+
+def test_crash_loop_during_one_download(sshd: SshdServer, sftp_account: Account, tmp_path: Path) -> None:
+    """Five server crashes (listener and sessions SIGKILLed, then restarted) during one 40 MiB
+    download, spaced wider than the reads in flight: five resumes, one exact file."""
+    _, expected = _big_file(sftp_account, "p", 40)
+    crash_points = [3, 10, 17, 24, 31]  # MiB
+    crashes: list[int] = []
+
+    def crash(done: int, _total: int) -> None:
+        if crash_points and done >= crash_points[0] * 1024 * 1024:
+            crash_points.pop(0)
+            crashes.append(done)
+            sshd.kill()
+            sshd.start()
+
+    policy = RetryPolicy(attempts=6, initial=0.05, maximum=0.5)
+    with SftpTransport(
+        settings(sshd, sftp_account, retry=policy), sleep=SleepRecorder(real=True)
+    ) as transport:
+        transport.fetch("inbox/p", tmp_path / "p", crash)
+        assert transport.connections == 6
+    assert len(crashes) == 5
+    assert _sha256(tmp_path / "p") == expected
