@@ -169,6 +169,8 @@ class TableCapture:
         self.cursor_index = subscription.column_names.index(cursor) if cursor else None
         keys = self.codec.key_columns
         self.integer_key = len(keys) == 1 and _integer_type(keys[0].type)
+        # Without a cursor, row hashes computed by the source make range digests see updates.
+        self.hashing = cursor is None and self.integer_key and reader.row_hash is not None
 
     @property
     def initialised(self) -> bool:
@@ -201,10 +203,11 @@ class TableCapture:
         digest = StateDigest.empty()
         self.db.execute("DELETE FROM rows")
         best: Any = None
-        batch: list[tuple[str, str]] = []
-        for values in self.reader.rows():
+        batch: list[tuple[str, str, int | None]] = []
+        for row in self.reader.rows(with_hash=self.hashing):
+            values, shash = self._split_hash(row)
             key, line = self.codec.encode(values)
-            batch.append((key, line))
+            batch.append((key, line, shash))
             spool.upsert(line)
             digest.add(key, line)
             best = self._bump(best, values)
@@ -214,9 +217,15 @@ class TableCapture:
         self._insert_new(batch)
         return spool.finish("snapshot", self._save(digest, best))
 
-    def _insert_new(self, batch: list[tuple[str, str]]) -> None:
+    def _split_hash(self, row: Sequence[Any]) -> tuple[Sequence[Any], int | None]:
+        """A row read with the source's row hash appended: (values, hash)."""
+        if self.hashing:
+            return row[:-1], int(row[-1])
+        return row, None
+
+    def _insert_new(self, batch: list[tuple[str, str, int | None]]) -> None:
         try:
-            self.db.executemany("INSERT INTO rows (key, line) VALUES (?, ?)", batch)
+            self.db.executemany("INSERT INTO rows (key, line, shash) VALUES (?, ?, ?)", batch)
         except sqlite3.IntegrityError:
             raise CaptureError(
                 f"subscription {self.sub.id}: the source returned the same primary key twice; "
@@ -291,13 +300,13 @@ class TableCapture:
         digest.remove(key, old_line)
         spool.delete(self.codec.delete_record(key))
 
-    def _stage(self, name: str, columns: Sequence[str], rows: Iterable[tuple[str, ...]]) -> None:
+    def _stage(self, name: str, columns: Sequence[str], rows: Iterable[tuple[Any, ...]]) -> None:
         """Stream rows into a temporary table keyed by its first column (on disk, bounded memory)."""
         self.db.execute(f"DROP TABLE IF EXISTS temp.{name}")
-        cols = ", ".join(f"{c} TEXT NOT NULL" for c in columns)
+        cols = ", ".join(columns)
         self.db.execute(f"CREATE TEMP TABLE {name} ({cols}, PRIMARY KEY ({columns[0]})) WITHOUT ROWID")
         sql = f"INSERT INTO temp.{name} VALUES ({', '.join('?' * len(columns))})"  # noqa: S608 - constant names
-        batch: list[tuple[str, ...]] = []
+        batch: list[tuple[Any, ...]] = []
         for row in rows:
             batch.append(row)
             if len(batch) >= INSERT_BATCH:
@@ -305,7 +314,7 @@ class TableCapture:
                 batch = []
         self._stage_batch(sql, batch)
 
-    def _stage_batch(self, sql: str, batch: list[tuple[str, ...]]) -> None:
+    def _stage_batch(self, sql: str, batch: list[tuple[Any, ...]]) -> None:
         try:
             self.db.executemany(sql, batch)
         except sqlite3.IntegrityError:
@@ -319,11 +328,11 @@ class TableCapture:
         limit = 2**62
         return low is None or (-limit < low and high < limit)
 
-    def _published_stats(self, lo: int | None, hi: int | None) -> tuple[int, int]:
+    def _published_stats(self, lo: int | None, hi: int | None, with_hash: bool) -> tuple[int, ...]:
         condition, args = _scope(lo, hi)
-        sql = "SELECT count(*), coalesce(sum(ikey % ?), 0) FROM rows WHERE "
-        count, total = self.db.execute(sql + condition, [KEY_MODULUS, *args]).fetchone()
-        return int(count), int(total)
+        sql = "SELECT count(*), coalesce(sum(ikey % ?), 0), coalesce(sum(shash), 0) FROM rows WHERE "
+        row = self.db.execute(sql + condition, [KEY_MODULUS, *args]).fetchone()
+        return tuple(int(v) for v in (row if with_hash else row[:2]))
 
     def _split_point(self, lo: int | None, hi: int | None, count: int) -> int | None:
         condition, args = _scope(lo, hi)
@@ -333,22 +342,28 @@ class TableCapture:
         return None if row is None or row[0] == lo else int(row[0])
 
     def _reconcile_ranges(self, spool: _Spool, digest: StateDigest) -> None:
-        """Integer keys: compare (count, sum of keys mod KEY_MODULUS) per key range, source vs published.
+        """Integer keys: compare range digests per key range, source vs published.
+
+        The digest is (count, sum of keys mod KEY_MODULUS) — index-only — and, for a subscription
+        without a cursor, the sum of the source database's own row hashes (recorded per published
+        row when it was read), which also reveals updates.
 
         Ranges that agree are done; a range that differs is split at the median published key
         until it is small, then diffed row by row. Finds deletes (and rows that appeared
         without moving the cursor) with a handful of index-range aggregates per difference
         instead of reading the table.
         """
+        hashing = self.hashing and self.cursor_index is None
         stack: list[tuple[int | None, int | None]] = [(None, None)]
         while stack:
             lo, hi = stack.pop()
-            published = self._published_stats(lo, hi)
-            if self.reader.range_stats(lo, hi, KEY_MODULUS) == published:
+            published = self._published_stats(lo, hi, hashing)
+            if self.reader.range_stats(lo, hi, KEY_MODULUS, hashing) == published:
                 continue
             middle = self._split_point(lo, hi, published[0]) if published[0] > RANGE_ROWS else None
             if middle is None:
-                self._diff_into(spool, digest, self.reader.rows_in_range(lo, hi), (lo, hi))
+                rows = self.reader.rows_in_range(lo, hi, with_hash=self.hashing)
+                self._diff_into(spool, digest, rows, (lo, hi))
             else:
                 stack += [(lo, middle), (middle, hi)]
 
@@ -364,14 +379,24 @@ class TableCapture:
         if missing:
             # Rows that exist at the source but were never captured: their cursor did not move
             # past the last one. Only a full diff can find their content.
-            self._diff_into(spool, digest, self.reader.rows(), (None, None))
+            self._diff_into(spool, digest, self.reader.rows(with_hash=self.hashing), (None, None))
 
     # ---------------------------------------------------------- full diff
     def full_diff(self, spool_path: Path) -> TableChange:
+        """No cursor: key-range digests with the source's row hashes where the key and the
+        database allow it (only differing ranges are read), else every row is compared."""
         spool = _Spool(spool_path)
         digest = self._digest()
-        best = self._diff_into(spool, digest, self.reader.rows(), (None, None))
+        if self.hashing and self._keys_fit_int64() and self._hashes_complete():
+            self._reconcile_ranges(spool, digest)
+            best = None
+        else:
+            best = self._diff_into(spool, digest, self.reader.rows(with_hash=self.hashing), (None, None))
         return spool.finish("delta", self._save(digest, best))
+
+    def _hashes_complete(self) -> bool:
+        """Every published row carries its source hash (false right after hashing was enabled)."""
+        return self.db.execute("SELECT 1 FROM rows WHERE shash IS NULL LIMIT 1").fetchone() is None
 
     def _diff_into(
         self,
@@ -383,12 +408,14 @@ class TableCapture:
         """Compare source rows with the published rows of the same key range, row by row."""
         best: list[Any] = [None]
 
-        def staged() -> Iterator[tuple[str, str]]:
-            for values in source_rows:
+        def staged() -> Iterator[tuple[str, str, int | None]]:
+            for row in source_rows:
+                values, shash = self._split_hash(row)
                 best[0] = self._bump(best[0], values)
-                yield self.codec.encode(values)
+                key, line = self.codec.encode(values)
+                yield key, line, shash
 
-        self._stage("seen", ["key", "line"], staged())
+        self._stage("seen", ["key", "line", "shash"], staged())
         self._delete_missing_from("seen", spool, digest, scope)
         changed = self.db.execute(
             "SELECT s.key, s.line, r.line FROM temp.seen s LEFT JOIN rows r ON r.key = s.key "
@@ -400,9 +427,10 @@ class TableCapture:
             digest.add(key, line)
             spool.upsert(line)
         self.db.execute(
-            "INSERT INTO rows (key, line) SELECT s.key, s.line FROM temp.seen s "
-            "LEFT JOIN rows r ON r.key = s.key WHERE r.line IS NULL OR r.line != s.line "
-            "ON CONFLICT (key) DO UPDATE SET line = excluded.line"
+            "INSERT INTO rows (key, line, shash) SELECT s.key, s.line, s.shash FROM temp.seen s "
+            "LEFT JOIN rows r ON r.key = s.key "
+            "WHERE r.line IS NULL OR r.line != s.line OR r.shash IS NOT s.shash "
+            "ON CONFLICT (key) DO UPDATE SET line = excluded.line, shash = excluded.shash"
         )
         self.db.execute("DROP TABLE temp.seen")
         return best[0]

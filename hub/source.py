@@ -9,6 +9,7 @@ bounded whatever the table size.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -44,6 +45,36 @@ def _condition(column: sa.ColumnClause[Any], cond: Condition) -> sa.ColumnElemen
     return result
 
 
+ROW_HASH_MODULUS = 1_000_000_007
+"""Row hashes are reduced modulo this prime: sums over a million rows stay inside 64 bits."""
+
+
+def _sqlite_row_hash(*values: Any) -> int:
+    """SQLite has no hash function: the hub registers this one on its own connections."""
+    digest = hashlib.blake2b(repr(values).encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % ROW_HASH_MODULUS
+
+
+def row_hash_expression(
+    dialect: str, columns: Sequence[sa.ColumnElement[Any]]
+) -> sa.ColumnElement[Any] | None:
+    """A per-row hash of the subscribed columns computed *by the source database*, or None.
+
+    It only has to be stable between two publishes on the same source (it is never compared
+    with anything the agent computes), so each dialect uses what it has.
+    """
+    if dialect == "postgresql":
+        text = sa.cast(sa.func.row(*columns), sa.Text)  # ROW(...)::text quotes and marks NULLs
+        return sa.func.mod(sa.func.hashtextextended(text, 0), ROW_HASH_MODULUS)
+    if dialect in ("mysql", "mariadb"):
+        fields = [sa.func.ifnull(sa.func.concat("v", c), "n") for c in columns]  # NULL != ''
+        hexed = sa.func.substring(sa.func.md5(sa.func.concat_ws("\x1f", *fields)), 1, 12)
+        return sa.cast(sa.func.conv(hexed, 16, 10), sa.BigInteger) % ROW_HASH_MODULUS
+    if dialect == "sqlite":
+        return sa.func.edu_row_hash(*columns)
+    return None
+
+
 class TableReader:
     """Streams rows of one subscription's source, projected and filtered."""
 
@@ -61,6 +92,9 @@ class TableReader:
             self.source.table, *(sa.column(n) for n in names), schema=self.source.table_schema
         )
         self._col = {n: self.table.c[n] for n in names}
+        if self.engine.dialect.name == "sqlite":
+            sa.event.listen(self.engine, "connect", _register_sqlite_hash)
+        self.row_hash = row_hash_expression(self.engine.dialect.name, [self._col[c] for c in self.columns])
 
     def close(self) -> None:
         self.engine.dispose()
@@ -81,9 +115,16 @@ class TableReader:
             for partition in result.partitions():
                 yield from partition
 
-    def rows(self) -> Iterator[Sequence[Any]]:
-        """Every live row, in dictionary column order."""
-        stmt = sa.select(*(self._col[c] for c in self.columns)).where(*self._filter(), *self._live())
+    def _selected(self, with_hash: bool) -> list[sa.ColumnElement[Any]]:
+        selected: list[sa.ColumnElement[Any]] = [self._col[c] for c in self.columns]
+        if with_hash:
+            assert self.row_hash is not None
+            selected.append(self.row_hash)
+        return selected
+
+    def rows(self, with_hash: bool = False) -> Iterator[Sequence[Any]]:
+        """Every live row, in dictionary column order (plus the source's row hash if asked)."""
+        stmt = sa.select(*self._selected(with_hash)).where(*self._filter(), *self._live())
         return self._stream(stmt)
 
     def changed_since(self, cursor: Any) -> Iterator[tuple[Sequence[Any], bool]]:
@@ -125,20 +166,34 @@ class TableReader:
             conditions.append(self._col[key] < hi)
         return conditions
 
-    def range_stats(self, lo: int | None, hi: int | None, modulus: int) -> tuple[int, int]:
-        """(count, sum of key % modulus) of live rows with an integer key in [lo, hi): a range digest."""
+    def range_stats(self, lo: int | None, hi: int | None, modulus: int, with_hash: bool) -> tuple[int, ...]:
+        """The range digest of live rows with an integer key in [lo, hi).
+
+        (count, sum of key % modulus) — from the primary-key index alone — and, ``with_hash``,
+        the sum of the source's row hashes, which also sees updates (a scan of the range).
+        """
         (key,) = self.keys
+        aggregates = [sa.func.count(), sa.func.coalesce(sa.func.sum(self._col[key] % modulus), 0)]
+        if with_hash:
+            assert self.row_hash is not None
+            aggregates.append(sa.func.coalesce(sa.func.sum(self.row_hash), 0))
         stmt = (
-            sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(self._col[key] % modulus), 0))
+            sa.select(*aggregates)
             .select_from(self.table)
             .where(*self._filter(), *self._live(), *self._key_range(lo, hi))
         )
         with self.engine.connect() as conn:
-            count, total = conn.execute(stmt).one()
-        return int(count), int(total)
+            row = conn.execute(stmt).one()
+        return tuple(int(v) for v in row)
 
-    def rows_in_range(self, lo: int | None, hi: int | None) -> Iterator[Sequence[Any]]:
-        stmt = sa.select(*(self._col[c] for c in self.columns)).where(
+    def rows_in_range(
+        self, lo: int | None, hi: int | None, with_hash: bool = False
+    ) -> Iterator[Sequence[Any]]:
+        stmt = sa.select(*self._selected(with_hash)).where(
             *self._filter(), *self._live(), *self._key_range(lo, hi)
         )
         return self._stream(stmt)
+
+
+def _register_sqlite_hash(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.create_function("edu_row_hash", -1, _sqlite_row_hash, deterministic=True)

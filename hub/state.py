@@ -29,6 +29,7 @@ CREATE TABLE IF NOT EXISTS blobs (k TEXT PRIMARY KEY, v BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS rows (
     key TEXT PRIMARY KEY,
     line TEXT NOT NULL,
+    shash INTEGER,  -- the source database's own hash of the row (subscriptions without a cursor)
     -- the key as an integer when the primary key is one integer column ('"42"' -> 42)
     ikey INTEGER GENERATED ALWAYS AS (CAST(substr(key, 2, length(key) - 2) AS INTEGER)) VIRTUAL
 ) WITHOUT ROWID;

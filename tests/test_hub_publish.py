@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
 from tests.test_hub_common import HubFixture, ReplayAgent, source_state, staff_table, subscription_text
@@ -232,4 +233,39 @@ def test_revoked_agent_receives_nothing_more(tmp_path: Path, sqlite_url: str) ->
     revoked = sorted(p.name.split(".")[1] for p in hub.inbox("school-2").iterdir())
     assert kept == ["000000000001", "000000000002"] and revoked == ["000000000001", "000000000002"]
     assert ReplayAgent(hub, "school-1").catch_up() == 2
+    engine.dispose()
+
+
+def test_cursorless_uses_source_row_hashes_per_key_range(
+    tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a cursor, updates that move nothing are found by range digests with the source's
+    own row hashes — and the full table is never read again after the snapshot."""
+    from hub.source import TableReader
+
+    engine = sa.create_engine(db_url)
+    table = staff_table(sa.MetaData())
+    table.metadata.create_all(engine)
+    hub = HubFixture(tmp_path, ["school-1"])
+    hub.add_subscription(subscription_text(db_url, extra="  cursor: null"))
+    agent = ReplayAgent(hub, "school-1")
+    with engine.begin() as conn:
+        conn.execute(table.insert(), [_row(i, "2026-01-01 08:00:00") for i in range(1, 8001)])
+    hub.publish()
+
+    def no_full_scan(self: TableReader, with_hash: bool = False) -> None:
+        raise AssertionError("a cursor-less delta read the whole table")
+
+    monkeypatch.setattr(TableReader, "rows", no_full_scan)
+    with engine.begin() as conn:  # nothing here moves a cursor
+        conn.execute(table.update().where(table.c.ID.in_([7, 4000, 7999])).values(XM="悄悄改了"))
+        conn.execute(table.update().where(table.c.ID == 10).values(XM=None))
+        conn.execute(table.delete().where(table.c.ID.in_([100, 5000])))
+        conn.execute(table.insert(), [_row(9000, "1999-01-01 00:00:00")])
+        conn.execute(table.update().where(table.c.ID == 20).values(SECRET="not subscribed"))
+    hub.publish()
+    hub.publish()  # and nothing more the second time
+    assert agent.catch_up() == 2
+    assert agent.headers[-1].counts["rows_upserted"] == 5 and agent.headers[-1].counts["rows_deleted"] == 2
+    assert agent.table() == source_state(db_url)
     engine.dispose()
