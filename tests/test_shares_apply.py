@@ -296,8 +296,8 @@ def test_symlink_swapped_in_after_the_checks_is_still_not_followed(
     applied(store, V1)
     original = ShareStore._stage
 
-    def stage_then_plant(self, sub, package, reader, current):  # type: ignore[no-untyped-def]
-        result = original(self, sub, package, reader, current)
+    def stage_then_plant(self, *args):  # type: ignore[no-untyped-def]
+        result = original(self, *args)
         (share / "sub" / "new").symlink_to(outside, target_is_directory=True)
         return result
 
@@ -449,7 +449,7 @@ _FILE_SETS = st.dictionaries(_NAMES, st.binary(max_size=300), max_size=6).filter
 )
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.tuples(_FILE_SETS, st.booleans()), min_size=1, max_size=4))
 def test_any_sequence_of_snapshots_and_deltas_ends_in_the_last_set(
     tmp_path_factory: pytest.TempPathFactory, steps: list[tuple[dict[str, bytes], bool]]

@@ -59,7 +59,7 @@ def _instrument(kill_at: int, counter: list[int]) -> None:
     wrap(state._Transaction, "__exit__")
 
 
-def _fork_apply(share: Path, kill_at: int) -> tuple[int, int]:
+def _fork_apply(share: Path, kill_at: int, durability: str = "auto") -> tuple[int, int]:
     """(pid, read end of a pipe that gets the step count if the child finishes)."""
     read_end, write_end = os.pipe()
     pid = os.fork()
@@ -70,7 +70,7 @@ def _fork_apply(share: Path, kill_at: int) -> tuple[int, int]:
             counter = [0]
             _instrument(kill_at, counter)
             header, payload = NEW_PACKAGE
-            ShareStore(share, space_margin=0).apply(header, [payload], "sub")
+            ShareStore(share, space_margin=0, durability=durability).apply(header, [payload], "sub")
             os.write(write_end, str(counter[0]).encode())
             code = 0
         finally:
@@ -111,11 +111,11 @@ def _check_after_restart(share: Path) -> str:
     return outcome
 
 
-def _probe(tmp_path: Path) -> tuple[int, float]:
+def _probe(tmp_path: Path, durability: str = "auto") -> tuple[int, float]:
     """Total steps and duration of an uninterrupted apply."""
-    share = _fresh_share(tmp_path / "probe")
+    share = _fresh_share(tmp_path / f"probe-{durability}")
     started = time.monotonic()
-    pid, pipe = _fork_apply(share, 0)
+    pid, pipe = _fork_apply(share, 0, durability)
     _, status = os.waitpid(pid, 0)
     elapsed = time.monotonic() - started
     steps = os.read(pipe, 64)
@@ -126,14 +126,15 @@ def _probe(tmp_path: Path) -> tuple[int, float]:
 
 
 @pytest.mark.slow
-def test_sigkill_at_every_phase_leaves_old_or_new_set(tmp_path: Path) -> None:
-    total, _ = _probe(tmp_path)
+@pytest.mark.parametrize("durability", ["auto", "syncfs"])  # per-file fsync (few files) / one syncfs
+def test_sigkill_at_every_phase_leaves_old_or_new_set(tmp_path: Path, durability: str) -> None:
+    total, _ = _probe(tmp_path, durability)
     rng = random.Random(6)
-    points = sorted(set(rng.sample(range(1, total + 1), k=min(total, 40))) | {1, total // 2, total})
+    points = sorted(set(rng.sample(range(1, total + 1), k=min(total, 32))) | {1, total // 2, total})
     outcomes = []
     for run, kill_at in enumerate(points):
         share = _fresh_share(tmp_path / f"step{run}")
-        pid, pipe = _fork_apply(share, kill_at)
+        pid, pipe = _fork_apply(share, kill_at, durability)
         _, status = os.waitpid(pid, 0)
         os.close(pipe)
         assert os.waitstatus_to_exitcode(status) == -signal.SIGKILL, f"step {kill_at} of {total} not reached"
