@@ -101,6 +101,8 @@ class Publisher:
         bundle = PublicBundle.from_json(Path(bundle_path).read_bytes())
         if bundle.party_id != agent_id:
             raise RegistryError(f"{bundle_path} is the bundle of {bundle.party_id!r}, not of {agent_id!r}")
+        if any(a.id == agent_id for a in self.registry.agents()):  # before touching its SSH key
+            raise RegistryError(f"agent {agent_id!r} is already registered (remove it first)")
         ssh_key = Path(ssh_key_path).read_text(encoding="ascii") if ssh_key_path else None
         account = SftpAccount.for_agent(self.registry.exchange_dir, agent_id)
         if ssh_key is not None:

@@ -180,3 +180,27 @@ def test_dropped_subscriber_gets_a_new_list(tmp_path: Path) -> None:
     path = control / names[-1].filename
     with open_package(path, trusted_senders=trusted, recipient=hub.agent_keys["school-2"]) as pkg:
         assert json.loads(b"".join(pkg.iter_plaintext()))["subscriptions"] == []
+
+
+def test_agent_add_with_ssh_key(tmp_path: Path) -> None:
+    import subprocess
+
+    from protocol.keys import init_keys
+
+    hub = HubFixture(tmp_path, [])
+    keys = init_keys(tmp_path / "k", "school-9")
+    (tmp_path / "b.json").write_text(keys.public_bundle().to_json())
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "id")], check=True)
+    args = ["agent", "add", str(hub.root), "--id", "school-9", "--keys", str(tmp_path / "b.json")]
+    assert hub_main([*args, "--ssh-key", str(tmp_path / "id.pub")]) == 0
+    installed = hub.root / "sshd" / "authorized_keys" / "edu-school-9"
+    assert installed.read_text() == (tmp_path / "id.pub").read_text().strip() + "\n"
+    assert installed.stat().st_mode & 0o777 == 0o644
+    assert sorted(p.name for p in (hub.root / "exchange" / "school-9").iterdir()) == [
+        "control",
+        "inbox",
+        "outbox",
+    ]
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "id2")], check=True)
+    assert hub_main([*args, "--ssh-key", str(tmp_path / "id2.pub")]) == 1  # registered twice
+    assert installed.read_text() == (tmp_path / "id.pub").read_text().strip() + "\n"  # key untouched
