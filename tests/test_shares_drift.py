@@ -6,6 +6,7 @@ import errno
 import hashlib
 import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -268,3 +269,20 @@ def test_purge_of_a_symlinked_subscription_dir_does_not_follow_it(share: Path) -
     with pytest.raises(E.UnsafeDestinationError):
         store.purge("sub")
     assert (share.parent / "outside" / "f").exists()
+
+
+def test_watcher_debounces_a_burst_of_changes_into_one_check(share: Path) -> None:
+    store = _store(share)
+    reports = Reports()
+    watcher = DriftWatcher(store, "sub", reports, debounce=1.0, poll_interval=3600)
+    watcher.start()
+    try:
+        for i in range(20):
+            (share / "sub" / f"burst-{i:02d}.tmp").write_bytes(b"x")
+        assert reports.event.wait(15)
+        time.sleep(2.5)  # longer than the debounce: a second report would have arrived by now
+    finally:
+        watcher.stop()
+    assert len(reports.items) <= 2  # 20 files, 40+ events: one check (two if the burst straddled)
+    reported = {d.path for r in reports.items for d in r.items}
+    assert reported == {f"burst-{i:02d}.tmp" for i in range(20)}
