@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from hub.catalog import CatalogError, Subscription, parse_subscription
-from hub.sftp import check_agent_id
+from hub.sftp import check_agent_id, system_user
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS agents (
@@ -149,6 +149,8 @@ class Registry:
                 f"agent {agent_id!r} still subscribes to {', '.join(using)}: revoke and update those first"
             )
         self.db.execute("DELETE FROM agents WHERE id = ?", (agent_id,))
+        # Removing an agent ends its SFTP access; its exchange directory stays for the record.
+        (self.authorized_keys_dir / system_user(agent_id)).unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ subscriptions
     def put_subscription(self, document: str, source_file: str) -> tuple[Subscription, bool]:

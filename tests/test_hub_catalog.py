@@ -204,3 +204,5 @@ def test_agent_add_with_ssh_key(tmp_path: Path) -> None:
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "id2")], check=True)
     assert hub_main([*args, "--ssh-key", str(tmp_path / "id2.pub")]) == 1  # registered twice
     assert installed.read_text() == (tmp_path / "id.pub").read_text().strip() + "\n"  # key untouched
+    assert hub_main(["agent", "remove", str(hub.root), "--id", "school-9"]) == 0
+    assert not installed.exists()  # a removed agent can no longer log in
