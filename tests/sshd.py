@@ -59,7 +59,7 @@ class SshdUnavailable(RuntimeError):
 
 
 def _run(cmd: list[str]) -> None:
-    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    result = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise SshdUnavailable(f"{' '.join(cmd)} failed ({result.returncode}): {result.stderr.strip()}")
 
@@ -183,8 +183,10 @@ class SshdServer:
     ) -> Account:
         """Create the agent's system user, chroot layout and authorized key; restart if running.
 
-        The user name is unique per server (``edu-t<hex>``) so concurrent test runs on one
-        machine never share an account; ``chroot`` defaults to ``<exchange>/<agent_id>``.
+        The user name is unique (``edu-t<hex>``) so concurrent test runs on one machine never
+        share an account; ``chroot`` defaults to ``<exchange>/<agent_id>``. Without
+        ``public_key`` a client key is generated at ``account.key_path``; with it, that key is
+        installed instead (and ``key_path`` does not exist).
         """
         user = f"edu-t{uuid.uuid4().hex[:10]}"
         sftp = SftpAccount.for_agent(self.exchange_dir, agent_id, user=user)
@@ -198,7 +200,7 @@ class SshdServer:
         # key logins; '*' means "no password" without the lock.
         _run(["usermod", "--password", "*", user])
         apply_layout(chroot_layout(sftp, hub_user=self.hub_user))
-        key_path = self.workdir / f"id_{agent_id}"
+        key_path = self.workdir / f"id_{agent_id}_{user}"
         if public_key is None:
             public_key = generate_key(key_path, f"{agent_id}@edu-test")
         write_authorized_key(self.keys_dir, sftp, public_key)
