@@ -81,6 +81,7 @@ def test_marker_records_the_catalog_entry(store: ShareStore, share: Path) -> Non
         "sharing_type": "authorised",
         "security_level": "内部",
         "agreement_id": "AGR-2025-001",
+        "agreement": None,
     }
 
 

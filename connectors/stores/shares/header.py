@@ -23,6 +23,7 @@ MARKER_FIELDS = (
     "sharing_type",
     "security_level",
     "agreement_id",
+    "agreement",  # validity period of an authorised-sharing agreement, when the catalog carries it
 )
 
 
