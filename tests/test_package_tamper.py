@@ -472,3 +472,11 @@ def test_trailing_garbage_after_the_last_frame(original: Path, tmp_path: Path) -
         tmp_path / "p", craft(original, frame + b"\x00\x01\x02\x03junk", declared=len(PAYLOAD))
     )
     assert type(error) is DecompressionError and "not a valid zstd stream" in str(error)
+
+
+def test_low_order_ephemeral_key_is_refused(original: Path, tmp_path: Path) -> None:
+    """An all-zero X25519 point would give an all-zero shared secret: refused, not used."""
+    header, payload = split(original)
+    header["key_wrap"]["ephemeral_public_key"] = base64.b64encode(bytes(32)).decode()
+    error = rejected_before_decryption(tmp_path / "p", assemble(header, payload), KeyUnwrapError)
+    assert "does not unwrap" in str(error)
