@@ -39,9 +39,6 @@ class LocalTransport(Transport):
         self.root = Path(root).absolute()
         self.description = f"local directory {self.root}"
 
-    def _path(self, remote: str) -> Path:
-        return self.root.joinpath(*remote_path(remote).parts)
-
     def _error(self, remote: str, exc: OSError) -> TransportError:
         if isinstance(exc, FileNotFoundError):
             return RemoteFileNotFound(f"{remote}: no such file or directory in {self.description}")
@@ -161,15 +158,23 @@ class LocalTransport(Transport):
                 results.append(CheckResult(f"{self.description}: {directory}/", True, f"{count} files"))
             except TransportError as exc:
                 results.append(CheckResult(f"{self.description}: {directory}/", False, str(exc)))
-        outbox = self._path("outbox")
-        writable = outbox.is_dir() and not outbox.is_symlink() and os.access(outbox, os.W_OK | os.X_OK)
-        results.append(
-            CheckResult(
-                f"{self.description}: outbox/",
-                writable,
-                "writable" if writable else f"{outbox} is missing or not writable",
-            )
-        )
+        probe = temporary_name(PurePosixPath("outbox/edu-agent-check"))
+        item = f"{self.description}: outbox/"
+        try:
+            dir_fd = self._open_dir(str(probe), probe)
+            try:
+                os.close(
+                    os.open(
+                        probe.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=dir_fd
+                    )
+                )
+                os.unlink(probe.name, dir_fd=dir_fd)
+            finally:
+                os.close(dir_fd)
+            results.append(CheckResult(item, True, "writable"))
+        except (OSError, TransportError) as exc:
+            detail = str(exc) if isinstance(exc, TransportError) else f"not writable: {exc.strerror}"
+            results.append(CheckResult(item, False, detail))
         return results
 
     def close(self) -> None:
