@@ -465,3 +465,13 @@ def test_any_sequence_of_snapshots_and_deltas_ends_in_the_last_set(
         assert tree(share / "sub") == files
         previous = files
     assert store.verify("sub").match
+
+
+@pytest.mark.parametrize("dirname", ["../escape", "a/b", ".hidden", "", "C:x", "nul"])
+def test_bad_subscription_directory_name_is_a_config_error_not_a_bad_package(
+    store: ShareStore, share: Path, dirname: str
+) -> None:
+    header, payload = files_package(V1, sequence=1)
+    with pytest.raises(E.InvalidShareConfigError):
+        store.apply(header, [payload], dirname)
+    assert os.listdir(share) == [] and os.listdir(share.parent / "outside") == []

@@ -253,6 +253,14 @@ class ShareStore:
 
     # ------------------------------------------------------------------ opening
 
+    @staticmethod
+    def _checked_dirname(dirname: str) -> str:
+        """The subscription's directory name comes from local config or the resolver, not the package."""
+        try:
+            return validate_dirname(dirname)
+        except UnsafePathError as exc:
+            raise InvalidShareConfigError(f"subscription directory name: {exc}") from exc
+
     def _open_root(self) -> int:
         try:
             return os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -262,7 +270,7 @@ class ShareStore:
     @contextlib.contextmanager
     def _subscription(self, dirname: str, *, package: FilesPackage | None = None) -> Iterator[_Subscription]:
         """Open and lock a subscription directory; create it (with its marker) when ``package`` is given."""
-        dirname = validate_dirname(dirname)
+        dirname = self._checked_dirname(dirname)
         root_fd = self._open_root()
         fd = meta_fd = -1
         try:
@@ -727,7 +735,7 @@ class ShareStore:
             try:
                 with self._subscription(name) as sub:
                     outcomes.append(self._recover_locked(sub))
-            except (ForeignDirectoryError, FileNotFoundError, UnsafePathError):
+            except (ForeignDirectoryError, FileNotFoundError, InvalidShareConfigError):
                 continue  # not a subscription directory of ours
         return outcomes
 
@@ -951,7 +959,7 @@ class ShareStore:
         Refuses a directory that carries no marker of ours. Returns what was deleted for the
         signed deletion receipt.
         """
-        dirname = validate_dirname(dirname)
+        dirname = self._checked_dirname(dirname)
         root_fd = self._open_root()
         try:
             if fsops.lstat_at(root_fd, dirname) is None:
