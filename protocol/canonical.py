@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from decimal import Context, Decimal, InvalidOperation
-from typing import IO, Any
+from typing import IO, Any, ClassVar
 
 from protocol.errors import ProtocolError
 
@@ -541,7 +541,52 @@ _GROUP_REGEX = {"year": r"\d{4}", "fraction": r"\d{1,9}"}
 _TWO_DIGITS = r"\d{2}"
 
 
-def compile_format(fmt: str) -> Callable[[str], str | None] | None:
+class FormatCheck:
+    """A compiled date/time format: ``check(value)`` gives a reason or None; ``batch_ok(values)``."""
+
+    _ISO: ClassVar[dict[str, Callable[[str], object]]] = {
+        "YYYY-MM-DD": date.fromisoformat,
+        "YYYY-MM-DD HH:MM:SS": datetime.fromisoformat,
+        "YYYY-MM-DD HH24:MI:SS": datetime.fromisoformat,
+    }
+
+    def __init__(self, fmt: str, pattern: str) -> None:
+        self.fmt = fmt
+        self.regex = re.compile(pattern)
+        self._iso = self._ISO.get(" ".join(fmt.upper().split()))
+
+    def __call__(self, value: str) -> str | None:
+        match = self.regex.fullmatch(value)
+        if match is None:
+            return f"{_short(value)} does not match the format {self.fmt!r}"
+        parts = match.groupdict()
+        try:
+            datetime(
+                int(parts.get("year") or 2000),
+                int(parts.get("month") or 1),
+                int(parts.get("day") or 1),
+                int(parts.get("hour") or 0),
+                int(parts.get("minute") or 0),
+                int(parts.get("second") or 0),
+            )
+        except ValueError as exc:
+            return f"{_short(value)} is not a valid date/time for {self.fmt!r}: {exc}"
+        return None
+
+    def batch_ok(self, values: list[str]) -> bool:
+        """All values match (C-level loops for the ISO-shaped formats)."""
+        if not all(map(self.regex.fullmatch, values)):
+            return False
+        if self._iso is not None:
+            try:
+                list(map(self._iso, values))
+            except ValueError:
+                return False
+            return True
+        return not any(map(self, values))
+
+
+def compile_format(fmt: str) -> FormatCheck | None:
     """A checker for a date/time format such as ``YYYY-MM-DD HH:MM:SS``; None if not one.
 
     ``MM`` right after an hour means minutes (the seed writes ``HH:MM:SS``); ``HH24``/``MI``/
@@ -568,27 +613,7 @@ def compile_format(fmt: str) -> Callable[[str], str | None] | None:
         rest = rest[len(part) :]
     if not seen:
         return None
-    compiled = re.compile(pattern)
-
-    def check(value: str) -> str | None:
-        match = compiled.fullmatch(value)
-        if match is None:
-            return f"{_short(value)} does not match the format {fmt!r}"
-        parts = match.groupdict()
-        try:
-            datetime(
-                int(parts.get("year") or 2000),
-                int(parts.get("month") or 1),
-                int(parts.get("day") or 1),
-                int(parts.get("hour") or 0),
-                int(parts.get("minute") or 0),
-                int(parts.get("second") or 0),
-            )
-        except ValueError as exc:
-            return f"{_short(value)} is not a valid date/time for {fmt!r}: {exc}"
-        return None
-
-    return check
+    return FormatCheck(fmt, pattern)
 
 
 def _decimal_regex(ctype: ColumnType) -> re.Pattern[str]:
@@ -690,7 +715,7 @@ class ColumnValidator:
         except (ValueError, UnicodeError):
             return False
         if self._format is not None:
-            return not any(map(self._format, present))
+            return self._format.batch_ok(present)
         return True
 
     def reason(self, value: str) -> str | None:
@@ -746,65 +771,147 @@ def encode_record(op: str, values: Sequence[str | None]) -> bytes:
     return (op + "," + encode_values(values) + "\n").encode("utf-8")
 
 
-@dataclass(frozen=True)
 class Record:
-    """A parsed payload record. ``raw`` is the canonical encoding of ``values``."""
+    """A parsed payload record. ``raw`` is the canonical encoding of ``values`` (no op)."""
 
-    op: str
-    values: list[str | None]
-    raw: str
-    line: int
+    __slots__ = ("line", "op", "raw", "values")
+
+    def __init__(self, op: str, values: list[str | None], raw: str, line: int) -> None:
+        self.op = op
+        self.values = values
+        self.raw = raw
+        self.line = line
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Record):
+            return NotImplemented
+        return (self.op, self.values, self.raw, self.line) == (other.op, other.values, other.raw, other.line)
+
+    def __repr__(self) -> str:
+        return f"Record(op={self.op!r}, values={self.values!r}, raw={self.raw!r}, line={self.line})"
 
 
 def iter_records(stream: IO[bytes] | Iterable[bytes], width: int) -> Iterator[Record]:
     """Stream-parse records of ``width`` value fields (plus the op) from UTF-8 bytes.
 
     Accepts a binary file object or an iterable of byte chunks. Memory is bounded by the
-    longest record. Every non-NULL field must be quoted (the canonical encoding); a record
-    that is not is rejected, so ``Record.raw`` is always the canonical encoding.
+    read size plus the longest record. Every non-NULL field must be quoted (the canonical
+    encoding); a record that is not is rejected, so ``Record.raw`` is always canonical.
     """
-    import csv  # local: only the parser needs it
+    for batch in iter_record_batches(stream, width):
+        yield from batch
 
-    lines = _iter_lines(stream)
-    current: list[str] = []
-    number = [0]
 
-    def feed() -> Iterator[str]:
-        for line, text in lines:
-            number[0] = line
-            current[:] = [text]
-            yield text
+def iter_record_batches(stream: IO[bytes] | Iterable[bytes], width: int) -> Iterator[list[Record]]:
+    """Like :func:`iter_records`, a decoded chunk (about 64 KiB) at a time.
 
-    reader = csv.reader(feed(), strict=True, quotechar='"', delimiter=",", doublequote=True)
-    while True:
-        try:
-            fields = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:
-            raise RecordFormatError(f"record at line {number[0]}: {exc}") from None
-        raw = current[0]
-        yield _record(fields, raw, width, number[0])
+    The C ``csv`` reader parses a whole chunk's records in one call; Python only checks
+    each record's quoting (NULL vs ``""``) with one regex in the common case.
+    """
+    chunks: Iterable[bytes]
+    if hasattr(stream, "read"):
+        read = stream.read
+        chunks = iter(lambda: read(_READ_SIZE), b"")
+    else:
+        chunks = stream
+    pending = ""
+    line = 1
+    for text in _decode_chunks(chunks):
+        text = pending + text
+        cut = text.rfind("\n")
+        if cut < 0:
+            pending = text
+            continue
+        pending = text[cut + 1 :]
+        first_line = line
+        records, numbers, carry = _split_records(text[:cut].split("\n"), line)
+        if carry is not None:
+            pending = carry + "\n" + pending
+        line += text.count("\n", 0, cut + 1) - (carry.count("\n") + 1 if carry is not None else 0)
+        if records:
+            yield _parse_batch(records, numbers, width, first_line)
+    if pending:
+        if pending.count('"') % 2:
+            raise RecordFormatError(f"record at line {line}: unterminated quoted field")
+        raise RecordFormatError(f"record at line {line}: missing final newline")
+
+
+def _split_records(lines: list[str], first: int) -> tuple[list[str], list[int] | None, str | None]:
+    """Join lines into records (a quoted value may hold newlines); the open tail is carried."""
+    odd = [piece.count('"') & 1 for piece in lines]
+    if 1 not in odd:
+        return lines, None, None
+    records: list[str] = []
+    numbers: list[int] = []
+    buffer: list[str] | None = None
+    start = first
+    for index, (piece, parity) in enumerate(zip(lines, odd, strict=True)):
+        if buffer is None:
+            if parity:
+                buffer, start = [piece], first + index
+            else:
+                records.append(piece)
+                numbers.append(first + index)
+        else:
+            buffer.append(piece)
+            if parity:
+                records.append("\n".join(buffer))
+                numbers.append(start)
+                buffer = None
+    return records, numbers, "\n".join(buffer) if buffer is not None else None
+
+
+_FIELD = r'(?:"[^"]*(?:""[^"]*)*")?'
+_ROW_RE = re.compile(_FIELD + r"(?:," + _FIELD + r")*")
+"""Every field quoted or empty: the canonical encoding's shape (the C csv reader does the rest)."""
+
+
+def _parse_batch(records: list[str], numbers: list[int] | None, width: int, first_line: int) -> list[Record]:
+    import csv
+
+    try:
+        parsed = list(csv.reader(records, strict=True))
+    except csv.Error:
+        for index, record in enumerate(records):
+            try:
+                list(csv.reader([record], strict=True))
+            except csv.Error as exc:
+                number = numbers[index] if numbers is not None else first_line + index
+                raise RecordFormatError(f"record at line {number}: {exc}") from None
+        raise  # pragma: no cover
+    result = []
+    for index, (fields, raw) in enumerate(zip(parsed, records, strict=True)):
+        number = numbers[index] if numbers is not None else first_line + index
+        result.append(_record(fields, raw, width, number))
+    return result
 
 
 def _record(fields: list[str], raw: str, width: int, line: int) -> Record:
     if len(fields) != width + 1:
         raise RecordFormatError(f"record at line {line}: {len(fields) - 1} values, expected {width}")
-    if raw[:2] not in ("U,", "D,"):
-        raise RecordFormatError(f"record at line {line}: unknown or quoted operation {raw[:2]!r}")
+    op = raw[:2]
+    if op != "U," and op != "D,":
+        raise RecordFormatError(f"record at line {line}: unknown or quoted operation {op!r}")
     body = raw[2:]
-    values: list[str | None] = list(fields[1:])
-    # Fast path: every field quoted and no quote inside any value.
-    if "" not in values and body[:1] == body[-1:] == '"' and '"' not in body.replace('","', "")[1:-1]:
+    values: list[str | None] = fields[1:]  # type: ignore[assignment]
+    if "" not in values:
+        # Fast path: every field quoted and no quote inside any value.
+        if body[:1] == body[-1:] == '"' and '"' not in body.replace('","', "")[1:-1]:
+            return Record(fields[0], values, body, line)
+        if _ROW_RE.fullmatch(body) is None:
+            raise RecordFormatError(f"record at line {line}: a non-NULL value is not quoted")
         return Record(fields[0], values, body, line)
-    values = [None if v == "" else v for v in values]
-    if encode_values(values) != body:
-        values = _resolve_empties(values, fields[1:], body, line)
-    return Record(fields[0], values, body, line)
+    if _ROW_RE.fullmatch(body) is None:
+        raise RecordFormatError(f"record at line {line}: a non-NULL value is not quoted")
+    # No field that could be a quoted empty string: every empty field is NULL. (``,"",`` can
+    # also occur inside a value with escaped quotes: then the exact walk below decides.)
+    if not (body == '""' or body.startswith('"",') or ',"",' in body or body.endswith(',""')):
+        return Record(fields[0], [None if v == "" else v for v in values], body, line)
+    return Record(fields[0], _resolve_empties(fields[1:], body, line), body, line)
 
 
-def _resolve_empties(guess: list[str | None], fields: list[str], body: str, line: int) -> list[str | None]:
-    """Walk the raw fields to tell NULL (unquoted empty) from "" and reject non-canonical quoting."""
+def _resolve_empties(fields: list[str], body: str, line: int) -> list[str | None]:
+    """Walk the raw fields to tell NULL (unquoted empty) from "" (quoted empty)."""
     result: list[str | None] = []
     pos = 0
     for value in fields:
@@ -813,45 +920,12 @@ def _resolve_empties(guess: list[str | None], fields: list[str], body: str, line
             result.append(value)
         elif value == "":
             result.append(None)
-        else:
+        else:  # pragma: no cover - excluded by _ROW_RE
             raise RecordFormatError(f"record at line {line}: value {_short(value)} is not quoted")
         pos += 1
     if encode_values(result) != body:
         raise RecordFormatError(f"record at line {line}: not in the canonical CSV encoding")
     return result
-
-
-def _iter_lines(stream: IO[bytes] | Iterable[bytes]) -> Iterator[tuple[int, str]]:
-    """Logical records as text (a quoted field may span lines), with the first line number."""
-    chunks: Iterable[bytes]
-    if hasattr(stream, "read"):
-        read = stream.read
-        chunks = iter(lambda: read(_READ_SIZE), b"")
-    else:
-        chunks = stream
-    source = _decode_chunks(chunks)
-    number = 0
-    pending: list[str] = []
-    quotes = 0
-    start = 0
-    try:
-        for piece in source:
-            number += 1
-            if not pending:
-                start = number
-            pending.append(piece)
-            quotes += piece.count('"')
-            if quotes % 2 == 0:
-                record = "".join(pending)
-                pending.clear()
-                quotes = 0
-                if not record.endswith("\n"):
-                    raise RecordFormatError(f"record at line {start}: missing final newline")
-                yield start, record[:-1]
-    except UnicodeDecodeError as exc:
-        raise RecordFormatError(f"payload is not valid UTF-8 near line {number + 1}: {exc.reason}") from None
-    if pending:
-        raise RecordFormatError(f"record at line {start}: unterminated quoted field")
 
 
 _READ_SIZE = 1 << 16
@@ -861,14 +935,16 @@ def _decode_chunks(chunks: Iterable[bytes]) -> Iterator[str]:
     import codecs
 
     decoder = codecs.getincrementaldecoder("utf-8")("strict")
-    tail = ""
-    for chunk in chunks:
-        text = tail + decoder.decode(chunk)
-        lines = text.split("\n")
-        tail = lines.pop()
-        for line in lines:
-            yield line + "\n"
-    tail += decoder.decode(b"", final=True)
+    total = 0
+    try:
+        for chunk in chunks:
+            total += len(chunk)
+            text = decoder.decode(chunk)
+            if text:
+                yield text
+        tail = decoder.decode(b"", final=True)
+    except UnicodeDecodeError as exc:
+        raise RecordFormatError(f"payload is not valid UTF-8 near byte {total}: {exc.reason}") from None
     if tail:
         yield tail
 

@@ -88,13 +88,17 @@ class LtHash:
             b"".join([hasher(items[i], key=_ITEM_KEY).digest(ITEM_BYTES) for i in order]), dtype="<u2"
         ).reshape(len(items), LANES)
         sorted_buckets = np.array(buckets, dtype=np.intp)[order]
-        starts = np.flatnonzero(np.r_[True, sorted_buckets[1:] != sorted_buckets[:-1]])
-        sums = np.add.reduceat(lanes, starts, axis=0, dtype=np.uint16)
-        targets = sorted_buckets[starts]
-        if sign > 0:
-            self.lanes[targets] += sums
-        else:
-            self.lanes[targets] -= sums
+        starts = np.flatnonzero(np.r_[True, sorted_buckets[1:] != sorted_buckets[:-1]]).tolist()
+        ends = [*starts[1:], len(items)]
+        # one contiguous sum per bucket present (cumsum/reduceat along axis 0 are strided, slow)
+        target = self.lanes
+        for start, end in zip(starts, ends, strict=True):
+            segment = np.add.reduce(lanes[start:end], axis=0, dtype=np.uint16)
+            bucket = sorted_buckets[start]
+            if sign > 0:
+                target[bucket] += segment
+            else:
+                target[bucket] -= segment
         self.counts += sign * np.bincount(sorted_buckets, minlength=BUCKETS)
 
     def combine(self, other: LtHash) -> LtHash:

@@ -483,7 +483,7 @@ class TableStore:
         upserts = [r for r in batch.records if r.op == "U"]
         if len(key_positions) == 1:
             k = key_positions[0]
-            keys = [encode_values([r.values[k]]).encode("utf-8") for r in upserts]
+            keys = [('"' + r.values[k].replace('"', '""') + '"').encode("utf-8") for r in upserts]  # type: ignore[union-attr]
         else:
             keys = [encode_values([r.values[i] for i in key_positions]).encode("utf-8") for r in upserts]
         digest.add(keys, [r.raw.encode("utf-8") for r in upserts])
