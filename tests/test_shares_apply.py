@@ -475,3 +475,41 @@ def test_bad_subscription_directory_name_is_a_config_error_not_a_bad_package(
     with pytest.raises(E.InvalidShareConfigError):
         store.apply(header, [payload], dirname)
     assert os.listdir(share) == [] and os.listdir(share.parent / "outside") == []
+
+
+def test_a_large_file_streams_with_bounded_memory(store: ShareStore, share: Path) -> None:
+    """128 MiB from a lazy chunk generator: the applying process grows by far less than that."""
+    size, block = 128 << 20, bytes(range(256)) * 4096  # 1 MiB
+    digest = hashlib.sha256()
+    for _ in range(size // len(block)):
+        digest.update(block)
+    header, _ = files_package({"big.bin": b""}, sequence=1)
+    entry = {"path": "big.bin", "type": "file", "size": size, "sha256": digest.hexdigest()}
+    from connectors.stores.shares.fileset import fileset_digest, fileset_summary
+    from connectors.stores.shares.manifest import ManifestEntry
+
+    item = ManifestEntry("big.bin", size, digest.hexdigest())
+    header["manifest"].update(entries=[entry], expected_digest=fileset_digest([item]))
+    header["expected_state"] = fileset_summary([item])
+    header["counts"] = {"files": 1, "plaintext_bytes": size}
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            import resource
+
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            store.apply(header, (block for _ in range(size // len(block))), "sub")
+            grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+            os.write(write_end, str(grown).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    _, status = os.waitpid(pid, 0)
+    grown_kib = int(os.read(read_end, 64) or b"-1")
+    os.close(read_end)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert (share / "sub" / "big.bin").stat().st_size == size
+    assert 0 <= grown_kib < 40 * 1024, f"peak RSS grew by {grown_kib} KiB"
