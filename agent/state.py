@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.reports import rfc3339
+
 DB_NAME = "state.db"
 LOCK_NAME = "agent.lock"
 
@@ -251,3 +253,37 @@ def _decode(row: sqlite3.Row) -> dict[str, Any]:
     if out.get("digest_match") is not None:
         out["digest_match"] = bool(out["digest_match"])
     return out
+
+
+def subscription_view(row: dict[str, Any]) -> dict[str, Any]:
+    """One subscription as heartbeats and ``edu-agent status`` show it."""
+    if row.get("purged_at") and not row.get("last_sequence"):
+        state = "purged"
+    elif row.get("held_gap"):
+        state = "held"
+    elif row.get("last_error") and (row.get("last_error_at") or 0) >= (row.get("last_success") or 0):
+        state = "error"
+    else:
+        state = "ok"
+    published = row.get("published_sequence")
+    applied = row.get("last_sequence") or 0
+    return {
+        "subscription_id": row["subscription_id"],
+        "kind": row.get("kind"),
+        "target": row.get("target"),
+        "applied_sequence": applied,
+        "applied_package_id": row.get("last_package_id"),
+        "published_sequence": published,
+        "lag": None if published is None else max(0, published - applied),
+        "local_digest": row.get("local_digest"),
+        "expected_digest": row.get("expected_digest"),
+        "digest_match": row.get("digest_match"),
+        "mismatch": row.get("mismatch"),
+        "state": state,
+        "last_apply": rfc3339(row.get("last_success")),
+        "last_success": rfc3339(row.get("last_success")),
+        "held_gap": row.get("held_gap"),
+        "error": None if state != "error" else {"code": "error", "message": row.get("last_error")},
+        "last_error": row.get("last_error"),
+        "last_error_at": rfc3339(row.get("last_error_at")),
+    }

@@ -1,20 +1,95 @@
-"""Adapters from a resolved config target to the stores in ``connectors/stores``.
+"""The daemon's view of the stores in ``connectors/stores``, and the adapters to them.
 
-The daemon sees every store through :class:`agent.sync.StoreAdapter` (position, apply,
-purge, verify, free space); these adapters translate the table and share stores' own
-result types and map their "the package is bad" errors to :class:`StoreRejected` (quarantine),
-leaving environment errors (database down, disk full) to propagate (report, retry later).
+The daemon sees every store through :class:`StoreAdapter` (position, apply, purge, verify,
+free space); the adapters below translate the table and share stores' own result types and
+map their "the package is bad" errors to :class:`StoreRejected` (quarantine), leaving
+environment errors (database down, disk full) to propagate (report, retry later).
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, BinaryIO
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, Protocol
 
 from agent.config import AgentConfig, DirectoryTarget, TableTarget, Target
 from agent.reports import error_code
-from agent.sync import Applied, Position, Purged, StoreAdapter, StoreRejected, SubscriptionEntry, Verified
+from agent.subscription_list import SubscriptionEntry
 from protocol.header import PackageHeader
+
+
+@dataclass(frozen=True)
+class Position:
+    sequence: int
+    digest: str | None = None
+    package_id: str | None = None
+    revoked: bool = False  # the store keeps a tombstone after a revocation
+
+
+@dataclass
+class Applied:
+    """What a store reports after handling one package (docs/hub.md apply_receipt fields)."""
+
+    result: str  # applied | skipped | held
+    rows_upserted: int = 0
+    rows_deleted: int = 0
+    files: int = 0
+    local_digest: str | None = None
+    expected_digest: str | None = None
+    digest_match: bool | None = None
+    mismatched_buckets: list[int] = field(default_factory=list)
+    mismatched_files: list[str] = field(default_factory=list)
+    detail: str = ""
+
+
+@dataclass
+class Purged:
+    target: str
+    rows: int = 0
+    files: int = 0
+
+
+@dataclass
+class Verified:
+    ok: bool
+    local_digest: str | None
+    expected_digest: str | None
+    mismatched_buckets: list[int] = field(default_factory=list)
+    mismatched_files: list[str] = field(default_factory=list)
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+class StoreRejected(Exception):
+    """The store refused the package's content (schema, validation, unsafe path): quarantine it."""
+
+    def __init__(self, message: str, code: str = "rejected", origin: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.origin = origin or type(self).__name__  # the store's own error class, for the reason
+
+
+class StoreAdapter(Protocol):
+    """The daemon's view of one subscription's local target (a table or a share subdirectory)."""
+
+    kind: str  # "table" | "file"
+    target: str  # for status and receipts: "<database>:<table>" or "<share>:<dir>"
+
+    def position(self) -> Position: ...
+
+    def apply(self, header: PackageHeader, plaintext: BinaryIO) -> Applied: ...
+
+    def purge(self) -> Purged: ...
+
+    def verify(self) -> Verified: ...
+
+    def free_bytes(self) -> int | None: ...
+
+    def close(self) -> None: ...
+
+
+StoreFactory = Callable[[Target, SubscriptionEntry, AgentConfig], StoreAdapter]
+"""Opens the store for a resolved target (agent/stores.py: tables or shares)."""
 
 
 def _code(exc: BaseException) -> str:

@@ -25,17 +25,27 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO
 
 import structlog
 
-from agent.config import AgentConfig, ConfigError, Target, UnmappedSubscription, load_config
+from agent.config import AgentConfig, ConfigError, UnmappedSubscription, load_config
 from agent.daemon import ConfigLoadError, MetricsSettings, RunContext
 from agent.reports import QueuedReport, error_code, rfc3339
-from agent.scheduling import Schedule, ScheduleError
-from agent.state import State
+from agent.scheduling import Schedule
+from agent.state import State, subscription_view
+from agent.stores import (
+    Applied,
+    Position,
+    Purged,
+    StoreAdapter,
+    StoreFactory,
+    StoreRejected,
+    Verified,
+    open_store,
+)
+from agent.subscription_list import SubscriptionEntry, parse_subscription_list
 from connectors.transports import Transport, TransportError, TransportUnavailable, open_transport
 from protocol.errors import KeysError, LayoutError, PackageError
 from protocol.header import KIND_REVOKE, KIND_SUBSCRIPTIONS, PackageHeader
@@ -55,125 +65,6 @@ from protocol.package import Package, PackageWriter, open_package
 log = structlog.get_logger(__name__)
 
 HEARTBEAT_CHANNEL = "heartbeat"
-
-
-# ----------------------------------------------------------------------------- store adapters
-
-
-@dataclass(frozen=True)
-class Position:
-    sequence: int
-    digest: str | None = None
-    package_id: str | None = None
-    revoked: bool = False  # the store keeps a tombstone after a revocation
-
-
-@dataclass
-class Applied:
-    """What a store reports after handling one package (docs/hub.md apply_receipt fields)."""
-
-    result: str  # applied | skipped | held
-    rows_upserted: int = 0
-    rows_deleted: int = 0
-    files: int = 0
-    local_digest: str | None = None
-    expected_digest: str | None = None
-    digest_match: bool | None = None
-    mismatched_buckets: list[int] = field(default_factory=list)
-    mismatched_files: list[str] = field(default_factory=list)
-    detail: str = ""
-
-
-@dataclass
-class Purged:
-    target: str
-    rows: int = 0
-    files: int = 0
-
-
-@dataclass
-class Verified:
-    ok: bool
-    local_digest: str | None
-    expected_digest: str | None
-    mismatched_buckets: list[int] = field(default_factory=list)
-    mismatched_files: list[str] = field(default_factory=list)
-    detail: dict[str, Any] = field(default_factory=dict)
-
-
-class StoreRejected(Exception):
-    """The store refused the package's content (schema, validation, unsafe path): quarantine it."""
-
-    def __init__(self, message: str, code: str = "rejected", origin: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.origin = origin or type(self).__name__  # the store's own error class, for the reason
-
-
-class StoreAdapter(Protocol):
-    """The daemon's view of one subscription's local target (a table or a share subdirectory)."""
-
-    kind: str  # "table" | "file"
-    target: str  # for status and receipts: "<database>:<table>" or "<share>:<dir>"
-
-    def position(self) -> Position: ...
-
-    def apply(self, header: PackageHeader, plaintext: BinaryIO) -> Applied: ...
-
-    def purge(self) -> Purged: ...
-
-    def verify(self) -> Verified: ...
-
-    def free_bytes(self) -> int | None: ...
-
-    def close(self) -> None: ...
-
-
-StoreFactory = Callable[[Target, "SubscriptionEntry", AgentConfig], StoreAdapter]
-"""Opens the store for a resolved target (agent/stores.py: tables or shares)."""
-
-
-# ----------------------------------------------------------------------------- subscription list
-
-
-@dataclass(frozen=True)
-class SubscriptionEntry:
-    subscription_id: str
-    provision_method: str  # table | file
-    schedule: Schedule
-    catalog: dict[str, Any]
-    target_name: str | None  # the name the platform declares (table or directory), if any
-
-
-def parse_subscription_list(payload: bytes, agent_id: str) -> dict[str, SubscriptionEntry]:
-    """The signed list's JSON: ``{"subscriptions": [{"subscription_id", "catalog", ...}]}``."""
-    try:
-        data = json.loads(payload)
-    except ValueError as exc:
-        raise PackageError(f"subscription list is not JSON: {exc}") from None
-    items = data.get("subscriptions") if isinstance(data, dict) else None
-    if not isinstance(items, list):
-        raise PackageError("subscription list has no 'subscriptions' array")
-    entries: dict[str, SubscriptionEntry] = {}
-    for i, item in enumerate(items):
-        if not isinstance(item, dict):
-            raise PackageError(f"subscription list item {i} is not an object")
-        sub_id = item.get("subscription") or item.get("subscription_id") or item.get("id")
-        catalog = item.get("catalog") if isinstance(item.get("catalog"), dict) else item
-        if not isinstance(sub_id, str) or not isinstance(catalog, dict):
-            raise PackageError(f"subscription list item {i}: missing subscription_id or catalog")
-        method = catalog.get("provision_method") or item.get("provision_method")
-        if method not in ("table", "file"):
-            raise PackageError(f"subscription {sub_id}: provision_method {method!r} is not table or file")
-        try:
-            frequency = str(catalog.get("update_frequency") or item.get("update_frequency") or "")
-            schedule = Schedule.parse(frequency, catalog.get("update_cron") or item.get("update_cron"))
-        except ScheduleError as exc:
-            raise PackageError(f"subscription {sub_id}: {exc}") from None
-        target = item.get("target") or item.get("target_table") or item.get("target_name")
-        entries[sub_id] = SubscriptionEntry(sub_id, method, schedule, catalog,
-                                            target if isinstance(target, str) else None)
-    return entries
 
 
 # ----------------------------------------------------------------------------- the runtime
@@ -649,40 +540,6 @@ class AgentRuntime:
         self.transport.close()
 
 
-def subscription_view(row: dict[str, Any]) -> dict[str, Any]:
-    """One subscription as heartbeats and ``edu-agent status`` show it."""
-    if row.get("purged_at") and not row.get("last_sequence"):
-        state = "purged"
-    elif row.get("held_gap"):
-        state = "held"
-    elif row.get("last_error") and (row.get("last_error_at") or 0) >= (row.get("last_success") or 0):
-        state = "error"
-    else:
-        state = "ok"
-    published = row.get("published_sequence")
-    applied = row.get("last_sequence") or 0
-    return {
-        "subscription_id": row["subscription_id"],
-        "kind": row.get("kind"),
-        "target": row.get("target"),
-        "applied_sequence": applied,
-        "applied_package_id": row.get("last_package_id"),
-        "published_sequence": published,
-        "lag": None if published is None else max(0, published - applied),
-        "local_digest": row.get("local_digest"),
-        "expected_digest": row.get("expected_digest"),
-        "digest_match": row.get("digest_match"),
-        "mismatch": row.get("mismatch"),
-        "state": state,
-        "last_apply": rfc3339(row.get("last_success")),
-        "last_success": rfc3339(row.get("last_success")),
-        "held_gap": row.get("held_gap"),
-        "error": None if state != "error" else {"code": "error", "message": row.get("last_error")},
-        "last_error": row.get("last_error"),
-        "last_error_at": rfc3339(row.get("last_error_at")),
-    }
-
-
 def _free(path: Path) -> int | None:
     try:
         st = os.statvfs(path)
@@ -712,9 +569,5 @@ def load_runtime(path: Path, store_factory: StoreFactory | None = None) -> Agent
         config = load_config(path)
     except ConfigError as exc:
         raise ConfigLoadError(str(exc)) from None
-    if store_factory is None:
-        from agent.stores import open_store
-
-        store_factory = open_store
-    return AgentRuntime(config, path, store_factory)
+    return AgentRuntime(config, path, store_factory or open_store)
 

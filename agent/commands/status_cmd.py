@@ -15,8 +15,7 @@ from agent import exitcodes
 from agent.audit import AuditTrail
 from agent.config import load_config
 from agent.reports import ReportQueue, rfc3339
-from agent.state import State, StateLock
-from agent.sync import subscription_view
+from agent.state import State, StateLock, subscription_view
 
 
 def register(subparsers: Any) -> None:

@@ -19,7 +19,7 @@ from agent.config import UnmappedSubscription, load_config
 from agent.reports import ReportBuilder, ReportQueue
 from agent.state import State
 from agent.stores import open_store
-from agent.sync import parse_subscription_list
+from agent.subscription_list import parse_subscription_list
 
 
 def register(subparsers: Any) -> None:
