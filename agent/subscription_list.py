@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.scheduling import Schedule, ScheduleError
-from protocol.errors import PackageError
+from protocol.errors import LayoutError, PackageError
+from protocol.layout import validate_id
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,10 @@ def parse_subscription_list(payload: bytes, agent_id: str) -> dict[str, Subscrip
         catalog = item.get("catalog") if isinstance(item.get("catalog"), dict) else item
         if not isinstance(sub_id, str) or not isinstance(catalog, dict):
             raise PackageError(f"subscription list item {i}: missing subscription_id or catalog")
+        try:
+            validate_id(sub_id, "subscription id")  # it becomes part of file and directory names
+        except LayoutError as exc:
+            raise PackageError(f"subscription list item {i}: {exc}") from None
         method = catalog.get("provision_method") or item.get("provision_method")
         if method not in ("table", "file"):
             raise PackageError(f"subscription {sub_id}: provision_method {method!r} is not table or file")
