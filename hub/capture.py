@@ -351,21 +351,30 @@ class TableCapture:
         Ranges that agree are done; a range that differs is split at the median published key
         until it is small, then diffed row by row. Finds deletes (and rows that appeared
         without moving the cursor) with a handful of index-range aggregates per difference
-        instead of reading the table.
+        instead of reading the table. Many scattered differences would cost more queries than
+        reading the rows: past a budget of about two queries per leaf range, the remaining
+        ranges are read and diffed directly, so the worst case is one read of the table.
         """
-        hashing = self.hashing and self.cursor_index is None
+        hashing = self.hashing
+        budget = 2 * (self.published_count() // RANGE_ROWS) + 16
         stack: list[tuple[int | None, int | None]] = [(None, None)]
         while stack:
             lo, hi = stack.pop()
             published = self._published_stats(lo, hi, hashing)
+            budget -= 1
+            if budget < 0:
+                self._diff_range(spool, digest, lo, hi)
+                continue
             if self.reader.range_stats(lo, hi, KEY_MODULUS, hashing) == published:
                 continue
             middle = self._split_point(lo, hi, published[0]) if published[0] > RANGE_ROWS else None
             if middle is None:
-                rows = self.reader.rows_in_range(lo, hi, with_hash=self.hashing)
-                self._diff_into(spool, digest, rows, (lo, hi))
+                self._diff_range(spool, digest, lo, hi)
             else:
                 stack += [(lo, middle), (middle, hi)]
+
+    def _diff_range(self, spool: _Spool, digest: StateDigest, lo: int | None, hi: int | None) -> None:
+        self._diff_into(spool, digest, self.reader.rows_in_range(lo, hi, with_hash=self.hashing), (lo, hi))
 
     def _reconcile_keys(self, spool: _Spool, digest: StateDigest) -> None:
         """Counts differ: find deleted keys (and rows that appeared without moving the cursor)."""

@@ -269,3 +269,19 @@ def test_cursorless_uses_source_row_hashes_per_key_range(
     assert agent.headers[-1].counts["rows_upserted"] == 5 and agent.headers[-1].counts["rows_deleted"] == 2
     assert agent.table() == source_state(db_url)
     engine.dispose()
+
+
+def test_many_scattered_deletes_exhaust_the_query_budget(tmp_path: Path, sqlite_url: str) -> None:
+    """Past the range-query budget the remaining ranges are read directly: still exact."""
+    hub, engine, table = _setup(tmp_path, sqlite_url)
+    agent = ReplayAgent(hub, "school-1")
+    with engine.begin() as conn:
+        conn.execute(table.insert(), [_row(i, "2026-01-01 08:00:00") for i in range(1, 12001)])
+    hub.publish()
+    with engine.begin() as conn:
+        conn.execute(table.delete().where(table.c.ID % 37 == 0))
+    hub.publish()
+    assert agent.catch_up() == 2
+    assert agent.headers[-1].counts["rows_deleted"] == 12000 // 37
+    assert agent.table() == source_state(sqlite_url)
+    engine.dispose()
