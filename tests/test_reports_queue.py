@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent.reports import QueuedReport, ReportBuilder, ReportQueue
 
@@ -95,3 +97,40 @@ def test_queue_refuses_non_reports(tmp_path: Path) -> None:
         ReportQueue(tmp_path).put({"type": "package"})
     assert not list(tmp_path.iterdir())
     json.dumps({})
+
+
+@settings(max_examples=40, deadline=None)
+@given(kinds=st.lists(st.sampled_from(["heartbeat", "apply_receipt", "error", "request"]), min_size=1,
+                      max_size=25),
+       bound_docs=st.integers(min_value=1, max_value=12))
+def test_queue_bound_invariants(tmp_path_factory: pytest.TempPathFactory, kinds: list[str],
+                                bound_docs: int) -> None:
+    """Whatever arrives: every non-heartbeat is kept in order, the newest heartbeat is kept, and the
+    queue is within its bound unless the non-heartbeats alone exceed it."""
+    builder = ReportBuilder("school-1", started=0.0, clock=lambda: 1_764_000_000.0)
+    sample = builder.heartbeat(interval_s=60, config_digest="x", subscriptions=[], disk_free={},
+                               audit_head={}, queue_length=0)
+    queue = ReportQueue(tmp_path_factory.mktemp("q"), max_bytes=bound_docs * len(json.dumps(sample)))
+    for n, kind in enumerate(kinds):
+        if kind == "heartbeat":
+            doc = {**sample, "n": n}
+        elif kind == "apply_receipt":
+            doc = builder.apply_receipt(subscription_id="s", package_id="p", sequence=n, kind="delta",
+                                        result="applied")
+        elif kind == "error":
+            doc = builder.error(subscription_id="s", code="c", message="m", sequence=n)
+        else:
+            doc = {**builder.request(subscription_id="s", request="resync", reason="r"), "n": n}
+        queue.put(doc)
+    kept = list(queue)
+    others = [r.document.get("sequence", r.document.get("n")) for r in kept if r.type != "heartbeat"]
+    expected = [n for n, k in enumerate(kinds) if k != "heartbeat"]
+    assert others == expected
+    heartbeats = [n for n, k in enumerate(kinds) if k == "heartbeat"]
+    kept_heartbeats = [r.document["n"] for r in kept if r.type == "heartbeat"]
+    if heartbeats:
+        assert kept_heartbeats[-1] == heartbeats[-1]
+    assert kept_heartbeats == sorted(kept_heartbeats)
+    non_heartbeat_bytes = sum(r.path.stat().st_size for r in kept if r.type != "heartbeat")
+    if non_heartbeat_bytes <= queue.max_bytes and len(kept_heartbeats) > 1:
+        assert queue.size() <= queue.max_bytes
