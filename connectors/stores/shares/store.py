@@ -8,14 +8,15 @@ Layout of a subscription directory ``<share root>/<dirname>/``::
         state.db                    position, file index, apply journal (SQLite)
         staging/<package id>/       verified content waiting for the swap (0700)
 
-Apply protocol (see docs/shares.md, "Atomicity"):
+Apply protocol (see docs/shares.md, "Applying: layout and atomicity"):
 
 1. validate header and manifest; check sequence, base digest, the resulting set,
    the destination (no symlink or non-directory in the way) and free space —
    any failure here raises before anything is written;
 2. stage: stream every new/changed file into ``staging/<package id>/`` (0700, so
    no share user ever sees partial content), hash while writing, compare with
-   the manifest; one ``syncfs`` makes them durable; staged files survive a crash
+   the manifest; an fsync per file, or one ``syncfs`` for many files, makes them
+   durable; staged files survive a crash
    and are re-hashed instead of re-written when the same package is retried;
 3. commit point: one SQLite transaction stores the plan (renames, removals, new
    index and position);
@@ -40,15 +41,16 @@ import logging
 import os
 import pwd
 import re
-import shutil
 import sqlite3
 import stat
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from connectors.stores.shares import fsops
+from connectors.stores.shares.cache import VerifiedCache
+from connectors.stores.shares.drift import scan
 from connectors.stores.shares.errors import (
     BaseMismatchError,
     DiskFullError,
@@ -66,21 +68,28 @@ from connectors.stores.shares.errors import (
 )
 from connectors.stores.shares.fileset import (
     advance,
-    fileset_digest,
     mismatched_files,
     summary_digest,
 )
 from connectors.stores.shares.header import FilesPackage
 from connectors.stores.shares.manifest import ManifestEntry, resulting_set
 from connectors.stores.shares.paths import META_DIRNAME, check_collisions, validate_dirname
-from connectors.stores.shares.state import Position, ShareState
+from connectors.stores.shares.results import (
+    ApplyResult,
+    DriftItem,
+    PurgeResult,
+    RecoveryOutcome,
+    RepairResult,
+    VerifyResult,
+)
+from connectors.stores.shares.state import Position
 from connectors.stores.shares.stream import PayloadReader, Plaintext
+from connectors.stores.shares.subscription import Subscription
 from protocol.digest import LtHash
 
 log = logging.getLogger(__name__)
 
 MARKER_NAME = "marker.json"
-STAGING_NAME = "staging"
 PART_SUFFIX = ".part"
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 _FORBIDDEN_MODE_BITS = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX
@@ -108,70 +117,6 @@ class ShareModes:
                 )
         if self.dir_mode & 0o700 != 0o700:
             raise InvalidShareConfigError(f"dir_mode {self.dir_mode:#o} must give the owner rwx")
-
-
-@dataclass
-class ApplyResult:
-    """What an apply did, for the receipt."""
-
-    status: str  # "applied" or "already_applied"
-    package_id: str
-    sequence: int
-    files_written: int = 0
-    files_unchanged: int = 0
-    files_removed: int = 0
-    files_resumed: int = 0
-    bytes_written: int = 0
-    local_digest: str = ""
-    expected_digest: str = ""
-    match: bool = True
-    mismatched_buckets: list[int] = field(default_factory=list)
-    mismatched_files: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class DriftItem:
-    """A path whose local state differs from the index (``expected``/``found`` SHA-256 or None)."""
-
-    path: str
-    kind: str  # "changed", "missing", "added"
-    expected: str | None
-    found: str | None
-
-
-@dataclass
-class VerifyResult:
-    dirname: str
-    position: Position | None
-    local_digest: str
-    match: bool
-    drift: list[DriftItem]
-    files: int
-
-
-@dataclass
-class RepairResult:
-    repaired: list[str] = field(default_factory=list)
-    removed: list[str] = field(default_factory=list)
-    resend: list[str] = field(default_factory=list)
-
-
-@dataclass
-class PurgeResult:
-    """Everything a revocation deleted, for the signed deletion receipt."""
-
-    dirname: str
-    existed: bool
-    position: Position | None
-    files: list[ManifestEntry]
-    other_paths: list[str]
-
-
-@dataclass
-class RecoveryOutcome:
-    dirname: str
-    action: str  # "rolled_forward", "staging_kept", "clean"
-    package_id: str | None
 
 
 def _staging_dirname(package_id: str) -> str:
@@ -203,26 +148,6 @@ def _current_umask() -> int | None:
     return None
 
 
-class _Subscription:
-    """One opened, locked subscription directory."""
-
-    def __init__(self, root_fd: int, dirname: str, fd: int, meta_fd: int) -> None:
-        self.root_fd, self.dirname, self.fd, self.meta_fd = root_fd, dirname, fd, meta_fd
-        self.state = ShareState(meta_fd)
-
-    def staging_fd(self, create: bool, mode: int = 0o700) -> int | None:
-        if create:
-            return fsops.make_dir_at(self.meta_fd, STAGING_NAME, STAGING_NAME, mode, -1, -1)
-        if fsops.lstat_at(self.meta_fd, STAGING_NAME) is None:
-            return None
-        return fsops.open_dir_at(self.meta_fd, STAGING_NAME, STAGING_NAME)
-
-    def close(self) -> None:
-        self.state.close()
-        for fd in (self.meta_fd, self.fd, self.root_fd):
-            fsops.close_quietly(fd)
-
-
 class ShareStore:
     """Applies, verifies, repairs and purges the subscription directories under one share root."""
 
@@ -241,7 +166,7 @@ class ShareStore:
         self.modes = modes or ShareModes()
         self.uid = _resolve_id(owner, "owner")
         self.gid = _resolve_id(group, "group")
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.cache = VerifiedCache(cache_dir) if cache_dir is not None else None
         if space_margin < 0:
             raise InvalidShareConfigError("space_margin must be >= 0")
         self.space_margin = space_margin
@@ -268,7 +193,7 @@ class ShareStore:
             raise InvalidShareConfigError(f"share root {self.root}: {exc.strerror}") from exc
 
     @contextlib.contextmanager
-    def _subscription(self, dirname: str, *, package: FilesPackage | None = None) -> Iterator[_Subscription]:
+    def _subscription(self, dirname: str, *, package: FilesPackage | None = None) -> Iterator[Subscription]:
         """Open and lock a subscription directory; create it (with its marker) when ``package`` is given."""
         dirname = self._checked_dirname(dirname)
         root_fd = self._open_root()
@@ -306,7 +231,7 @@ class ShareStore:
                 self._check_marker(meta_fd, dirname, package)
             if not existed:
                 os.fsync(root_fd)
-            sub = _Subscription(root_fd, dirname, fd, meta_fd)
+            sub = Subscription(root_fd, dirname, fd, meta_fd)
         except BaseException:
             for f in (meta_fd, fd, root_fd):
                 if f >= 0:
@@ -464,7 +389,7 @@ class ShareStore:
             return result
 
     @staticmethod
-    def _intact(sub: _Subscription, unchanged: list[ManifestEntry]) -> dict[str, tuple[int, int]]:
+    def _intact(sub: Subscription, unchanged: list[ManifestEntry]) -> dict[str, tuple[int, int]]:
         """Paths the package leaves as they are and that are on disk exactly as the agent wrote them.
 
         A file edited locally (its size, inode or mtime moved) is rewritten even if the
@@ -488,7 +413,7 @@ class ShareStore:
                     intact[entry.path] = (st.st_ino, st.st_mtime_ns)
         return intact
 
-    def _preflight(self, sub: _Subscription, to_write: list[ManifestEntry], removed: list[str]) -> None:
+    def _preflight(self, sub: Subscription, to_write: list[ManifestEntry], removed: list[str]) -> None:
         """Refuse, before writing, any destination where a symlink or a non-directory is in the way."""
         with fsops.DirTree(sub.fd) as tree:
             for path in [e.path for e in to_write] + removed:
@@ -499,7 +424,7 @@ class ShareStore:
                 if st is not None and not stat.S_ISREG(st.st_mode):
                     raise UnsafeDestinationError(f"{sub.dirname}/{path}", fsops.describe(st.st_mode))
 
-    def _check_space(self, sub: _Subscription, to_write: list[ManifestEntry]) -> None:
+    def _check_space(self, sub: Subscription, to_write: list[ManifestEntry]) -> None:
         need = sum(e.size for e in to_write)
         free, inodes = fsops.free_space(sub.fd)
         if need + self.space_margin > free:
@@ -516,7 +441,7 @@ class ShareStore:
 
     def _stage(
         self,
-        sub: _Subscription,
+        sub: Subscription,
         package: FilesPackage,
         reader: PayloadReader,
         intact: dict[str, tuple[int, int]],
@@ -556,7 +481,8 @@ class ShareStore:
                         continue
                     os.unlink(staged, dir_fd=pkg_fd)
                 ino, mtime_ns = self._write_entry(pkg_fd, staged, entry, reader, opts)
-                self._cache_put(sub.dirname, pkg_fd, staged, entry)
+                if self.cache is not None:
+                    self.cache.put(sub.dirname, pkg_fd, staged, entry)
                 stats["written"] += 1
                 stats["bytes"] += entry.size
                 writes.append([staged, entry.path, entry.size, entry.sha256, ino, mtime_ns])
@@ -654,7 +580,7 @@ class ShareStore:
         for name in names:
             fsops.remove_tree_at(staging_fd, name, name, [])
 
-    def _drop_staging(self, sub: _Subscription, name: str) -> None:
+    def _drop_staging(self, sub: Subscription, name: str) -> None:
         staging_fd = sub.staging_fd(create=False)
         if staging_fd is not None:
             try:
@@ -665,7 +591,7 @@ class ShareStore:
 
     # ------------------------------------------------------------------ roll forward
 
-    def _roll_forward(self, sub: _Subscription, plan: Mapping[str, Any], after: LtHash | None = None) -> None:
+    def _roll_forward(self, sub: Subscription, plan: Mapping[str, Any], after: LtHash | None = None) -> None:
         """Carry out a committed plan; idempotent, so recovery can repeat it after a crash."""
         staging_fd = sub.staging_fd(create=False)
         pkg_fd = None
@@ -704,9 +630,10 @@ class ShareStore:
                 fsops.remove_tree_at(staging_fd, plan["staging"], plan["staging"], [])
             finally:
                 os.close(staging_fd)
-        self._cache_gc(sub)
+        if self.cache is not None:
+            self.cache.keep_only(sub.dirname, (f.sha256 for f in sub.state.files()))
 
-    def _make_durable(self, sub: _Subscription, tree: fsops.DirTree, touched: set[str]) -> None:
+    def _make_durable(self, sub: Subscription, tree: fsops.DirTree, touched: set[str]) -> None:
         if not touched:
             return
         if self.durability == "syncfs" or (self.durability == "auto" and len(touched) > FSYNC_FILES_MAX):
@@ -739,7 +666,7 @@ class ShareStore:
                 continue  # not a subscription directory of ours
         return outcomes
 
-    def _recover_locked(self, sub: _Subscription) -> RecoveryOutcome:
+    def _recover_locked(self, sub: Subscription) -> RecoveryOutcome:
         journal = sub.state.journal()
         if journal is None:
             # A crash after the state commit but before the staging cleanup leaves an emptied
@@ -776,53 +703,9 @@ class ShareStore:
         except FileNotFoundError:
             return None
 
-    # ------------------------------------------------------------------ cache
-
-    def _cache_root(self, dirname: str) -> Path | None:
-        return None if self.cache_dir is None else self.cache_dir / dirname
-
-    def _cache_put(self, dirname: str, dir_fd: int, name: str, entry: ManifestEntry) -> None:
-        root = self._cache_root(dirname)
-        if root is None:
-            return
-        target = root / entry.sha256[:2] / entry.sha256
-        if target.exists():
-            return
-        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = target.with_name(target.name + PART_SUFFIX)
-        src = os.open(name, fsops.READ_FLAGS, dir_fd=dir_fd)
-        try:
-            dst = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-            try:
-                remaining = entry.size
-                while remaining:
-                    copied = os.copy_file_range(src, dst, remaining)
-                    if copied == 0:
-                        break
-                    remaining -= copied
-            finally:
-                os.close(dst)
-        finally:
-            os.close(src)
-        os.replace(tmp, target)
-
-    def _cache_gc(self, sub: _Subscription) -> None:
-        root = self._cache_root(sub.dirname)
-        if root is None or not root.is_dir():
-            return
-        wanted = {f.sha256 for f in sub.state.files()}
-        for bucket in root.iterdir():
-            for item in bucket.iterdir():
-                if item.name not in wanted:
-                    item.unlink()
-
     def cache_get(self, dirname: str, entry: ManifestEntry) -> Path | None:
-        """The cached copy of ``entry``'s content, if any (verified by the caller while copying)."""
-        root = self._cache_root(dirname)
-        if root is None:
-            return None
-        path = root / entry.sha256[:2] / entry.sha256
-        return path if path.is_file() else None
+        """The verified cache's copy of ``entry`` (None without a cache or a copy)."""
+        return None if self.cache is None else self.cache.get(dirname, entry)
 
     # ------------------------------------------------------------------ drift, verify, repair
 
@@ -830,7 +713,7 @@ class ShareStore:
         """Full rehash of a subscription directory against its index and digest; names every drifted file."""
         with self._subscription(dirname) as sub:
             self._recover_locked(sub)
-            return self._scan(sub, rehash=True)
+            return scan(sub, rehash=True)
 
     def check(self, dirname: str) -> VerifyResult:
         """Quick drift scan: rehash only files whose size, inode or mtime differ from the index.
@@ -838,48 +721,7 @@ class ShareStore:
         A local edit that keeps size and mtime is only caught by :meth:`verify`.
         """
         with self._subscription(dirname) as sub:
-            return self._scan(sub, rehash=False)
-
-    def _scan(self, sub: _Subscription, *, rehash: bool) -> VerifyResult:
-        index = {f.path: f for f in sub.state.files()}
-        position = sub.state.position()
-        drift: list[DriftItem] = []
-        present: list[ManifestEntry] = []
-        files = 0
-        with fsops.DirTree(sub.fd) as tree:
-            for found in fsops.walk(sub.fd, skip_top=frozenset({META_DIRNAME})):
-                known = index.pop(found.path, None)
-                if not stat.S_ISREG(found.mode):
-                    kind = "added" if known is None else "changed"
-                    drift.append(
-                        DriftItem(
-                            found.path, kind, known.sha256 if known else None, fsops.describe(found.mode)
-                        )
-                    )
-                    continue
-                files += 1
-                if (
-                    known is not None
-                    and not rehash
-                    and (found.size, found.ino, found.mtime_ns) == (known.size, known.ino, known.mtime_ns)
-                ):
-                    present.append(known.entry())
-                    continue
-                parent_fd, name = tree.parent_of(found.path, create=False)
-                assert parent_fd is not None
-                try:
-                    size, sha = fsops.hash_at(parent_fd, name)
-                except (FileNotFoundError, UnsafeDestinationError):
-                    continue  # replaced while scanning; the next scan sees it
-                present.append(ManifestEntry(found.path, size, sha))
-                if known is None:
-                    drift.append(DriftItem(found.path, "added", None, sha))
-                elif (size, sha) != (known.size, known.sha256):
-                    drift.append(DriftItem(found.path, "changed", known.sha256, sha))
-        drift.extend(DriftItem(p, "missing", f.sha256, None) for p, f in sorted(index.items()))
-        local = fileset_digest(present)
-        expected = position.digest if position else fileset_digest([])
-        return VerifyResult(sub.dirname, position, local, local == expected and not drift, drift, files)
+            return scan(sub, rehash=False)
 
     def repair(self, dirname: str, drift: list[DriftItem]) -> RepairResult:
         """Undo local drift: delete added entries, restore changed/missing files from the verified cache.
@@ -924,7 +766,7 @@ class ShareStore:
         return result
 
     def _restore(
-        self, sub: _Subscription, tree: fsops.DirTree, tmp_fd: int, entry: ManifestEntry, opts: _WriteOptions
+        self, sub: Subscription, tree: fsops.DirTree, tmp_fd: int, entry: ManifestEntry, opts: _WriteOptions
     ) -> bool:
         cached = self.cache_get(sub.dirname, entry)
         if cached is None:
@@ -979,8 +821,7 @@ class ShareStore:
             for p in removed
             if p[len(prefix) :] not in known and not p.startswith(prefix + META_DIRNAME + "/")
         ]
-        cache = self._cache_root(dirname)
-        if cache is not None and cache.exists():
-            shutil.rmtree(cache)
+        if self.cache is not None:
+            self.cache.drop(dirname)
         log.warning("share purged", extra={"dirname": dirname, "files": len(files), "others": len(others)})
         return PurgeResult(dirname, True, position, files, others)

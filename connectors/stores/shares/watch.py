@@ -22,7 +22,8 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from connectors.stores.shares.paths import META_DIRNAME
-from connectors.stores.shares.store import DriftItem, ShareStore
+from connectors.stores.shares.results import DriftItem
+from connectors.stores.shares.store import ShareStore
 
 log = logging.getLogger(__name__)
 
