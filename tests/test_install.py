@@ -16,7 +16,6 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,12 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
 from agent import __version__
+from agent.cli import main as cli_main
 from agent.commands.enroll_cmd import verify_signature
+from protocol.keys import init_keys
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "installer"))
+import bundle_config  # installer/ is not a package: install.sh runs this file as a script
 
 REPO = Path(__file__).resolve().parent.parent
 INSTALLER = REPO / "installer"
@@ -226,8 +230,7 @@ def mode(path: Path) -> int:
 @pytest.fixture
 def platform_keys(tmp_path: Path) -> Path:
     directory = tmp_path / "platform-keys"
-    result = run([sys.executable, "-m", "agent.cli", "keys", "init", "--dir", directory, "--id", "platform"])
-    assert result.returncode == 0, result.stderr
+    init_keys(directory, "platform")
     return directory / "bundle.json"
 
 
@@ -326,11 +329,13 @@ def test_install_enroll_upgrade_uninstall_purge(bundle: Path, tmp_path: Path, pl
 
 def test_fresh_config_takes_the_platform_answers_when_given(tmp_path: Path) -> None:
     """install.sh --platform-url/--host-key shape the first config (bundle_config.py fresh-config)."""
-    text = subprocess.run(
-        [sys.executable, INSTALLER / "bundle_config.py", "fresh-config", REPO / "config.example.yaml",
-         str(tmp_path), "school-7", "sftp://edu-school-7@127.0.0.1:2222/", HOST_KEY],
-        check=True, capture_output=True, text=True,
-    ).stdout  # fmt: skip
+    text = bundle_config.fresh_config(
+        REPO / "config.example.yaml",
+        str(tmp_path),
+        "school-7",
+        "sftp://edu-school-7@127.0.0.1:2222/",
+        HOST_KEY,
+    )
     assert 'id: "school-7"' in text
     assert 'url: "sftp://edu-school-7@127.0.0.1:2222/"' in text
     assert f'host_key: "{HOST_KEY}"' in text
@@ -415,82 +420,115 @@ def test_deb_passes_lintian(deb: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------- enroll
+# In-process (agent.cli.main), so the many small cases cost no interpreter start-ups.
+
+
+def cli(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> tuple[int, str, str]:
+    code = cli_main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
 @pytest.fixture
-def enrolled_config(tmp_path: Path, platform_keys: Path) -> Iterator[Path]:
+def enrolled_config(tmp_path: Path) -> Path:
+    """An agent config with keys, SSH identity, platform keys and host key: fully enrolled."""
     keys = tmp_path / "keys"
-    assert (
-        run([sys.executable, "-m", "agent.cli", "keys", "init", "--dir", keys, "--id", "school-9"]).returncode
-        == 0
-    )
-    subprocess.run([sys.executable, INSTALLER / "bundle_config.py", "ssh-key", keys / "id", "x"], check=True)
-    text = subprocess.run(
-        [sys.executable, INSTALLER / "bundle_config.py", "fresh-config", REPO / "config.example.yaml", "",
-         "school-9", "", HOST_KEY],
-        check=True, capture_output=True, text=True,
-    ).stdout  # fmt: skip
+    init_keys(keys, "school-9")
+    init_keys(tmp_path / "platform", "platform")
+    bundle_config.ssh_key(keys / "id", "edu-agent@school-9")
+    text = bundle_config.fresh_config(REPO / "config.example.yaml", "", "school-9", "", HOST_KEY)
     text = text.replace("/etc/edu-agent/keys/ssh_ed25519", str(keys / "id"))
-    text = text.replace("/etc/edu-agent/keys", str(keys)).replace(
-        "/etc/edu-agent/platform-keys.json", str(platform_keys)
-    )
+    text = text.replace("/etc/edu-agent/keys", str(keys))
+    text = text.replace("/etc/edu-agent/platform-keys.json", str(tmp_path / "platform" / "bundle.json"))
     config = tmp_path / "config.yaml"
     config.write_text(text)
-    yield config
+    return config
 
 
-def test_enroll_prints_a_signed_bundle_and_passes_when_enrolled(enrolled_config: Path) -> None:
-    result = run([sys.executable, "-m", "agent.cli", "enroll", "-c", enrolled_config])
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "Registration bundle of agent school-9" in result.stdout
-    assert "ok    platform host key: SHA256:" in result.stdout
-    as_json = run([sys.executable, "-m", "agent.cli", "enroll", "-c", enrolled_config, "--json"])
-    document = json.loads(as_json.stdout)
+def test_enroll_prints_a_signed_bundle_and_passes_when_enrolled(
+    enrolled_config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = cli(capsys, "enroll", "-c", enrolled_config)
+    assert code == 0, out + err
+    assert "Registration bundle of agent school-9" in out
+    assert "ok    platform host key: SHA256:" in out
+    code, out, _ = cli(capsys, "enroll", "-c", enrolled_config, "--json")
+    document = json.loads(out)
     assert verify_signature(document)
     assert document["keys"]["party_id"] == "school-9"
     blob = base64.b64decode(document["ssh_public_key"].split()[1])
     assert document["ssh_key_fingerprint"] == "SHA256:" + base64.b64encode(
         hashlib.sha256(blob).digest()
     ).decode().rstrip("=")
-    tampered = {**document, "agent_id": "school-10"}
-    assert not verify_signature(tampered)
+    assert not verify_signature({**document, "agent_id": "school-10"})
+    assert not verify_signature({**document, "ssh_public_key": document["ssh_public_key"] + "x"})
 
 
-def test_enroll_names_a_missing_host_key_and_platform_keys(enrolled_config: Path, tmp_path: Path) -> None:
+def test_enroll_names_a_missing_host_key_and_platform_keys(
+    enrolled_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     text = enrolled_config.read_text()
     text = re.sub(r"host_key: .*", "host_key: null", text)
     text = re.sub(r"public_keys: .*", f"public_keys: {tmp_path / 'absent.json'}", text)
     enrolled_config.write_text(text)
-    result = run([sys.executable, "-m", "agent.cli", "enroll", "-c", enrolled_config])
-    assert result.returncode == 78
-    assert "TODO  platform.host_key is not set" in result.stdout
-    assert "TODO  platform.public_keys" in result.stdout and "absent.json" in result.stdout
-    assert "Registration bundle of agent school-9" in result.stdout  # printed all the same
+    code, out, _ = cli(capsys, "enroll", "-c", enrolled_config)
+    assert code == 78
+    assert "TODO  platform.host_key is not set" in out
+    assert "TODO  platform.public_keys" in out and "absent.json" in out
+    assert "Registration bundle of agent school-9" in out  # printed all the same
+    code, out, err = cli(capsys, "enroll", "-c", enrolled_config, "--json")
+    assert code == 78 and json.loads(out)["agent_id"] == "school-9"
+    assert "platform.host_key is not set" in err
 
 
-def test_enroll_rejects_a_garbled_host_key(enrolled_config: Path) -> None:
+def test_enroll_rejects_a_garbled_host_key(enrolled_config: Path, capsys: pytest.CaptureFixture[str]) -> None:
     enrolled_config.write_text(enrolled_config.read_text().replace(HOST_KEY, HOST_KEY[:-8]))
-    result = run([sys.executable, "-m", "agent.cli", "enroll", "-c", enrolled_config])
-    assert result.returncode == 78
-    assert "TODO  platform.host_key:" in result.stdout
+    code, out, _ = cli(capsys, "enroll", "-c", enrolled_config)
+    assert code == 78
+    assert "TODO  platform.host_key:" in out
 
 
-def test_enroll_without_keys_says_how_to_create_them(enrolled_config: Path, tmp_path: Path) -> None:
+def test_enroll_reports_other_config_errors_once_enrolled(
+    enrolled_config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    enrolled_config.write_text(enrolled_config.read_text().replace("poll_interval: 1m", "poll_interval: 1"))
+    code, out, _ = cli(capsys, "enroll", "-c", enrolled_config)
+    assert code == 78
+    assert re.search(r"TODO  \S+config.yaml:\d+ platform.poll_interval: expected a duration", out)
+
+
+def test_enroll_without_keys_says_how_to_create_them(
+    enrolled_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     shutil.rmtree(tmp_path / "keys")
-    result = run([sys.executable, "-m", "agent.cli", "enroll", "-c", enrolled_config])
-    assert result.returncode == 1
-    assert "edu-agent keys init --dir" in result.stdout
+    code, out, _ = cli(capsys, "enroll", "-c", enrolled_config)
+    assert code == 1
+    assert "edu-agent keys init --dir" in out
 
 
-def test_enroll_refuses_keys_of_another_agent(enrolled_config: Path) -> None:
+def test_enroll_refuses_keys_of_another_agent(
+    enrolled_config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     enrolled_config.write_text(enrolled_config.read_text().replace('id: "school-9"', 'id: "school-99"'))
-    result = run([sys.executable, "-m", "agent.cli", "enroll", "-c", enrolled_config])
-    assert result.returncode == 1
-    assert "belong to 'school-9'" in result.stdout
+    code, out, _ = cli(capsys, "enroll", "-c", enrolled_config)
+    assert code == 1
+    assert "belong to 'school-9'" in out
 
 
-def test_enroll_refuses_readable_private_keys(enrolled_config: Path, tmp_path: Path) -> None:
+def test_enroll_refuses_readable_private_keys(
+    enrolled_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     (tmp_path / "keys" / "signing.key").chmod(0o644)
-    result = run([sys.executable, "-m", "agent.cli", "enroll", "-c", enrolled_config])
-    assert result.returncode == 1
-    assert "chmod 600" in result.stdout
+    code, out, _ = cli(capsys, "enroll", "-c", enrolled_config)
+    assert code == 1
+    assert "chmod 600" in out
+
+
+def test_enroll_with_an_unreadable_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = cli(capsys, "enroll", "-c", tmp_path / "nope.yaml")
+    assert code == 1
+    assert "cannot read the config file" in out
+    (tmp_path / "bad.yaml").write_text("agent: [unclosed\n")
+    code, out, _ = cli(capsys, "enroll", "-c", tmp_path / "bad.yaml")
+    assert code == 78
+    assert "bad.yaml:" in out
