@@ -54,8 +54,32 @@ def prepare(rows: int) -> str:
     )
 
 
-def baseline(out: Path) -> float:
-    query = f'SELECT "ID", "XM", "UPDATETIME" FROM {SCHEMA}."T_STAFF" WHERE "STATUS" = \'active\''
+def change_source(rows: int) -> int:
+    """1% of the rows updated (cursor moved), 0.1% deleted (scattered), 0.1% inserted."""
+    engine = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    table = f'{SCHEMA}."T_STAFF"'
+    new_stamp = "'2030-01-01 00:00:00'"
+    with engine.connect() as conn:
+        updated = conn.execute(
+            sa.text(
+                f'UPDATE {table} SET "XM" = "XM" || \'*\', "UPDATETIME" = {new_stamp} WHERE "ID" % 100 = 1'
+            )
+        ).rowcount
+        conn.execute(sa.text(f'DELETE FROM {table} WHERE "ID" % 1000 = 7'))
+        conn.execute(
+            sa.text(
+                f"INSERT INTO {table} SELECT g, 'new', 'S', 'active', {new_stamp} "
+                "FROM generate_series(CAST(:a AS integer), CAST(:b AS integer)) g"
+            ),
+            {"a": rows + 1, "b": rows + rows // 1000},
+        )
+    engine.dispose()
+    return int(updated) + rows // 1000
+
+
+def baseline(out: Path, where: str = "true") -> float:
+    """psql \\copy of the same projection and filter (plus ``where``) to a CSV file."""
+    query = f'SELECT "ID", "XM", "UPDATETIME" FROM {SCHEMA}."T_STAFF" WHERE "STATUS" = \'active\' AND {where}'
     start = time.perf_counter()
     subprocess.run(
         [
@@ -125,10 +149,19 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "hub.cli", "publish", str(hub)], check=True, cwd=ROOT)
         hub_s = time.perf_counter() - start
         peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        changed = change_source(args.rows)
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "hub.cli", "publish", str(hub)], check=True, cwd=ROOT)
+        delta_s = time.perf_counter() - start
+        delta_base_s = baseline(work / "delta.csv", "\"UPDATETIME\" >= '2030-01-01'")
         rate, base_rate = args.rows / hub_s, args.rows / base_s
         print(f"edu-hub publish (snapshot): {args.rows} rows in {hub_s:.2f}s = {rate:,.0f} rows/s")
         print(f"psql \\copy TO csv:          {args.rows} rows in {base_s:.2f}s = {base_rate:,.0f} rows/s")
         print(f"ratio {rate / base_rate:.3f}, peak RSS of the publishing process {peak_mb:.0f} MB")
+        print(
+            f"delta publish ({changed} changed rows, {args.rows // 1000} scattered deletes, in a "
+            f"{args.rows}-row table): {delta_s:.2f}s; psql \\copy of the changed rows: {delta_base_s:.2f}s"
+        )
         print(
             json.dumps(
                 {
@@ -138,6 +171,8 @@ def main() -> None:
                     "baseline_rows_per_s": round(base_rate),
                     "ratio": round(rate / base_rate, 4),
                     "peak_rss_mb": round(peak_mb, 1),
+                    "delta_s": round(delta_s, 2),
+                    "delta_baseline_s": round(delta_base_s, 2),
                 }
             )
         )
