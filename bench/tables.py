@@ -318,8 +318,10 @@ def bench_pg_delta(
     total = len(upserts) + len(deletes)
     ratio = baseline / ours
     log(
-        f"{name}: {total} changes into {base_rows} rows: store {rate(total, ours):,.0f} rows/s ({ours:.1f}s) | "
-        f"psql by hand {rate(total, baseline):,.0f} rows/s ({baseline:.1f}s) | ratio {ratio:.2f} (target >= 0.7) | "
+        f"{name}: {total} changes into {base_rows} rows: "
+        f"store {rate(total, ours):,.0f} rows/s ({ours:.1f}s) | "
+        f"psql by hand {rate(total, baseline):,.0f} rows/s ({baseline:.1f}s) | "
+        f"ratio {ratio:.2f} (target >= 0.7) | "
         f"digest match {result.match}"
     )
     results[name] = {
@@ -362,7 +364,8 @@ def bench_verify(url: str, rows: int, results: dict[str, Any]) -> None:
     base = time.perf_counter() - start
     engine.dispose()
     log(
-        f"pg_verify {result.rows} rows: {rate(result.rows, ours):,.0f} rows/s ({ours:.1f}s), match {result.match} | "
+        f"pg_verify {result.rows} rows: {rate(result.rows, ours):,.0f} rows/s ({ours:.1f}s), "
+        f"match {result.match} | "
         f"bare SELECT fetch {rate(result.rows, base):,.0f} rows/s | ratio {base / ours:.2f}"
     )
     results["pg_verify"] = {
@@ -405,7 +408,8 @@ def bench_sqlite(work: Path, rows: int, results: dict[str, Any]) -> None:
     ratio = base / ours
     log(
         f"sqlite_snapshot {rows} rows: store {rate(rows, ours):,.0f} rows/s ({ours:.1f}s) | bare executemany "
-        f"{rate(rows, base):,.0f} rows/s ({base:.1f}s, rows already in memory) | ratio {ratio:.2f} (target >= 0.7)"
+        f"{rate(rows, base):,.0f} rows/s ({base:.1f}s, rows already in memory) | "
+        f"ratio {ratio:.2f} (target >= 0.7)"
     )
     results["sqlite_snapshot"] = {
         "rows": rows,
@@ -448,7 +452,8 @@ def bench_mariadb(work: Path, rows: int, results: dict[str, Any]) -> None:
             conn.exec_driver_sql(f"DROP DATABASE `{database}`")
         admin.dispose()
     log(
-        f"mariadb_snapshot {rows} rows: store {rate(rows, ours):,.0f} rows/s ({ours:.1f}s, target >= 100,000) | "
+        f"mariadb_snapshot {rows} rows: store {rate(rows, ours):,.0f} rows/s "
+        f"({ours:.1f}s, target >= 100,000) | "
         f"bare PyMySQL executemany {rate(rows, base):,.0f} rows/s | ratio {base / ours:.2f}"
     )
     results["mariadb_snapshot"] = {
@@ -473,9 +478,11 @@ def bench_big(work: Path, rows: int, delta: int, keys: tuple[Any, Any], results:
             "import sys, time; sys.path.insert(0, sys.argv[1]);"
             "from connectors.stores.tables import TableStore;"
             "from protocol.keys import load_keys; from protocol.package import open_package;"
-            "platform = load_keys(sys.argv[4]); agent = load_keys(sys.argv[5]); store = TableStore(sys.argv[2]);"
+            "platform = load_keys(sys.argv[4]); agent = load_keys(sys.argv[5]);"
+            "store = TableStore(sys.argv[2]);"
             "t = time.perf_counter();"
-            "pkg = open_package(sys.argv[3], trusted_senders={'platform': platform.public_bundle()}, recipient=agent);"
+            "pkg = open_package(sys.argv[3], trusted_senders={'platform': platform.public_bundle()},"
+            " recipient=agent);"
             "r = store.apply(pkg.header, pkg.plaintext(), 'staff'); import resource;"
             "print(time.perf_counter() - t, r.rows, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
         )
@@ -498,7 +505,7 @@ def bench_big(work: Path, rows: int, delta: int, keys: tuple[Any, Any], results:
         seconds = float(out[0])
         log(
             f"pg_snapshot {rows} rows in a child: {rate(rows, seconds):,.0f} rows/s ({seconds:.1f}s), "
-            f"peak RSS {peak_mb:.0f} MB (target <= 200; children's max before: {before / 1024:.0f} MB)"
+            f"peak RSS {peak_mb:.0f} MB (target <= 200)"
         )
         results["pg_snapshot_big"] = {"rows": rows, "rows_per_s": rate(rows, seconds), "peak_rss_mb": peak_mb}
         bench_pg_delta(work, url, schema, digest, rows, delta, "pg_delta_big", results)

@@ -267,18 +267,18 @@ def test_column_comments_where_the_database_has_them(store: TableStore, db_url: 
 def test_compatible_schema_change_adds_a_nullable_column(store: TableStore, db_url: str) -> None:
     source = Source()
     apply(store, *source.snapshot([staff_row(i) for i in range(20)]))
-    new_schema = copy.deepcopy(STAFF_SCHEMA) + [{"name": "ZC", "type": "VARCHAR2(30)", "label": "职称"}]
+    new_schema = [*copy.deepcopy(STAFF_SCHEMA), {"name": "ZC", "type": "VARCHAR2(30)", "label": "职称"}]
     source.schema = new_schema
     from protocol.canonical import columns_from_schema
 
     source.columns = columns_from_schema(new_schema)
-    source.rows = {k: v + [None] for k, v in source.rows.items()}
-    result = apply(store, *source.delta(upserts=[staff_row(3, 1) + ["教授"], staff_row(99) + [None]]))
+    source.rows = {k: [*v, None] for k, v in source.rows.items()}
+    result = apply(store, *source.delta(upserts=[[*staff_row(3, 1), "教授"], [*staff_row(99), None]]))
     assert result.applied and result.added_columns == ["ZC"] and result.match
     assert table_contents(db_url, TABLE, new_schema) == source.canonical_set()
     assert store.verify(source.subscription).match
     # and a snapshot with the wider schema swaps in fine
-    assert apply(store, *source.snapshot([staff_row(i) + ["讲师"] for i in range(5)])).match
+    assert apply(store, *source.snapshot([[*staff_row(i), "讲师"] for i in range(5)])).match
 
 
 @pytest.mark.parametrize(

@@ -103,7 +103,8 @@ def test_merge_and_delete_sql(dialect: OracleDialect) -> None:
     merge = dialect.merge_sql('t"x', columns)
     assert merge == (
         'MERGE INTO "t""x" t USING (SELECT :1 AS "id""; --", :2 AS "区", :3 AS "名称" FROM dual) s '
-        'ON (t."id""; --" = s."id""; --" AND t."区" = s."区") WHEN MATCHED THEN UPDATE SET t."名称" = s."名称" '
+        'ON (t."id""; --" = s."id""; --" AND t."区" = s."区") '
+        'WHEN MATCHED THEN UPDATE SET t."名称" = s."名称" '
         'WHEN NOT MATCHED THEN INSERT ("id""; --", "区", "名称") VALUES (s."id""; --", s."区", s."名称")'
     )
     assert dialect.delete_sql('t"x', columns) == 'DELETE FROM "t""x" WHERE "id""; --" = :1 AND "区" = :2'

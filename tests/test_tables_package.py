@@ -56,11 +56,13 @@ def test_packages_apply_end_to_end(tmp_path: Path, request: pytest.FixtureReques
         # a package whose (authentic) payload breaks the CSV contract is rejected, nothing applied
         header, _ = source.delta(upserts=[staff_row(1, 9)])
         path = _write(tmp_path, platform, agent, header, b'U,"T000001",broken\n')
-        with open_package(
-            path, trusted_senders={"platform": platform.public_bundle()}, recipient=agent
-        ) as package:
-            with pytest.raises(PayloadMalformed):
-                store.apply(package.header, package.plaintext(), "staff")
+        with (
+            open_package(
+                path, trusted_senders={"platform": platform.public_bundle()}, recipient=agent
+            ) as package,
+            pytest.raises(PayloadMalformed),
+        ):
+            store.apply(package.header, package.plaintext(), "staff")
         assert store.position(source.subscription).sequence == 2  # type: ignore[union-attr]
     finally:
         store.close()

@@ -473,7 +473,8 @@ class TableStore:
                 fingerprint = hash(tuple(row.values[i] for i in key_positions))
                 if fingerprint in seen:
                     raise PayloadMalformed(
-                        f"key {[row.values[i] for i in key_positions]!r} appears twice in the delta (line {row.line})"
+                        f"key {[row.values[i] for i in key_positions]!r} appears twice in the delta "
+                        f"(line {row.line})"
                     )
                 seen.add(fingerprint)
         return Batch(records)

@@ -135,7 +135,8 @@ class _Delta(DeltaApplier):
         updates = ", ".join(f"{q(c.name)} = VALUES({q(c.name)})" for c in columns if not c.primary_key)
         first_key = q(self.keys[0].name)
         self.upsert_sql = (
-            f"INSERT INTO {q(table)} ({dialect.column_list(columns)}) VALUES ({dialect.placeholders(len(columns))}) "
+            f"INSERT INTO {q(table)} ({dialect.column_list(columns)}) "
+            f"VALUES ({dialect.placeholders(len(columns))}) "
             f"ON DUPLICATE KEY UPDATE {updates or f'{first_key} = {first_key}'}"
         )
 

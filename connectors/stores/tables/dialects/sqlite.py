@@ -99,7 +99,8 @@ class _Delta(DeltaApplier):
         updates = ", ".join(f"{q(c.name)} = excluded.{q(c.name)}" for c in columns if not c.primary_key)
         conflict = f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
         self.upsert_sql = (
-            f"INSERT INTO {q(table)} ({dialect.column_list(columns)}) VALUES ({dialect.placeholders(len(columns))}) "
+            f"INSERT INTO {q(table)} ({dialect.column_list(columns)}) "
+            f"VALUES ({dialect.placeholders(len(columns))}) "
             f"ON CONFLICT ({dialect.column_list(self.keys)}) {conflict}"
         )
         self.delete_sql = f"DELETE FROM {q(table)} WHERE " + " AND ".join(
