@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import structlog
 
@@ -77,7 +77,7 @@ def config_digest(path: Path) -> str:
 class _ProgressReader(io.RawIOBase):
     """Wraps the plaintext stream: every read is progress, so it feeds the watchdog."""
 
-    def __init__(self, inner: BinaryIO, tick: Callable[[], None]) -> None:
+    def __init__(self, inner: io.BufferedIOBase, tick: Callable[[], None]) -> None:
         self._inner = inner
         self._tick = tick
 
@@ -86,9 +86,7 @@ class _ProgressReader(io.RawIOBase):
 
     def readinto(self, buffer: Any) -> int:
         self._tick()
-        data = self._inner.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
+        return self._inner.readinto(buffer)  # no copy
 
 
 class AgentRuntime:
