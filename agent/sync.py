@@ -321,8 +321,10 @@ class AgentRuntime:
         except TransportError as exc:
             ctx.state.record_error(sub_id, f"fetch {name.filename}: {exc}")
             raise
-        ctx.audit.record("package.received", subscription=sub_id, package=name.filename,
-                         package_id=name.package_id, sequence=name.sequence, bytes=local.stat().st_size)
+        if not ctx.state.meta(f"received:{name.package_id}"):  # a held package is re-read, not re-received
+            ctx.state.set_meta(f"received:{name.package_id}", rfc3339(time.time()) or "")
+            ctx.audit.record("package.received", subscription=sub_id, package=name.filename,
+                             package_id=name.package_id, sequence=name.sequence, bytes=local.stat().st_size)
         try:
             package = open_package(local, trusted_senders=self.trusted, recipient=self.keys)
         except PackageError as exc:

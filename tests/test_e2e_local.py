@@ -416,6 +416,9 @@ def test_gap_is_held_and_reported(site: Site) -> None:
     hidden = site.root / "withheld"
     shutil.move(str(inbox[1]), hidden)  # the exchange server withholds sequence 2
     assert site.run_once() == 1
+    assert site.run_once() == 1  # still held: reported once, received once
+    assert [e["sequence"] for e in site.audit_events() if e["event"] == "package.received"] == [1, 3]
+    assert len([e for e in site.audit_events() if e["event"] == "package.held"]) == 1
     assert _tree(site.share / "files") == {"1.txt": "1\n"}
     (sub,) = site.status()["subscriptions"]
     assert sub["state"] == "held" and sub["held_gap"]["found"] == 3
