@@ -61,6 +61,13 @@ CREATE TABLE IF NOT EXISTS quarantine (
     at REAL NOT NULL,
     reported INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS inbox_package (  -- packages seen in the inbox, until the hub prunes them
+    package_id TEXT PRIMARY KEY,
+    subscription_id TEXT NOT NULL,
+    sequence INTEGER NOT NULL,
+    received_at REAL,
+    acked TEXT                      -- receipt result sent: applied / skipped
+);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 """
 
@@ -233,6 +240,35 @@ class State:
             rows = self._db.execute("SELECT * FROM quarantine WHERE subscription_id = ? ORDER BY id",
                                     (subscription_id,)).fetchall()
         return [dict(r) for r in rows]
+
+    # -- inbox packages ---------------------------------------------------------------------
+    def mark_received(self, subscription_id: str, sequence: int, package_id: str) -> bool:
+        """Record a package as received; False if it already was (a held package read again)."""
+        with self._tx() as db:
+            cur = db.execute("INSERT OR IGNORE INTO inbox_package(package_id, subscription_id, sequence, "
+                             "received_at) VALUES (?, ?, ?, ?)", (package_id, subscription_id, sequence,
+                                                                  time.time()))
+            return cur.rowcount == 1
+
+    def mark_acked(self, subscription_id: str, sequence: int, package_id: str, result: str) -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO inbox_package(package_id, subscription_id, sequence, acked) "
+                       "VALUES (?, ?, ?, ?) ON CONFLICT(package_id) DO UPDATE SET acked = excluded.acked",
+                       (package_id, subscription_id, sequence, result))
+
+    def is_acked(self, package_id: str) -> bool:
+        row = self._db.execute("SELECT acked FROM inbox_package WHERE package_id = ?",
+                               (package_id,)).fetchone()
+        return row is not None and row[0] is not None
+
+    def forget_packages(self, subscription_id: str, still_in_inbox: set[str]) -> None:
+        """Drop records of packages the hub has pruned from the inbox (keeps the table small)."""
+        rows = self._db.execute("SELECT package_id FROM inbox_package WHERE subscription_id = ?",
+                                (subscription_id,)).fetchall()
+        gone = [(r[0],) for r in rows if r[0] not in still_in_inbox]
+        if gone:
+            with self._tx() as db:
+                db.executemany("DELETE FROM inbox_package WHERE package_id = ?", gone)
 
     # -- meta -------------------------------------------------------------------------------
     def set_meta(self, key: str, value: str) -> None:

@@ -266,7 +266,7 @@ class AgentRuntime:
             if ctx.stop_requested():
                 break
             if name.sequence <= max(position.sequence, floor):
-                if name.sequence <= floor or state.meta(f"acked:{name.package_id}"):
+                if name.sequence <= floor or state.is_acked(name.package_id):
                     continue
                 self._acknowledge_skipped(name, ctx)
                 continue
@@ -284,6 +284,7 @@ class AgentRuntime:
             position = store.position()
         self._mirror_position(state, subscription_id, position)
         self._drop_stale_downloads(subscription_id, position.sequence)
+        state.forget_packages(subscription_id, {p.package_id for p in mine})
         ok = not any(sequence > position.sequence for sequence in blocked)  # a later snapshot supersedes
         if ok and not ctx.stop_requested():
             state.update_subscription(subscription_id, last_success=time.time(), last_error=None,
@@ -310,7 +311,7 @@ class AgentRuntime:
         """At or below our position: already applied; a 'skipped' receipt lets the hub prune it."""
         ctx.queue.put(ctx.reports.apply_receipt(subscription_id=name.channel, package_id=name.package_id,
                                                 sequence=name.sequence, kind="unknown", result="skipped"))
-        ctx.state.set_meta(f"acked:{name.package_id}", "skipped")
+        ctx.state.mark_acked(name.channel, name.sequence, name.package_id, "skipped")
         ctx.audit.record("package.skipped", subscription=name.channel, package_id=name.package_id,
                          sequence=name.sequence, reason="already applied")
 
@@ -321,8 +322,7 @@ class AgentRuntime:
         except TransportError as exc:
             ctx.state.record_error(sub_id, f"fetch {name.filename}: {exc}")
             raise
-        if not ctx.state.meta(f"received:{name.package_id}"):  # a held package is re-read, not re-received
-            ctx.state.set_meta(f"received:{name.package_id}", rfc3339(time.time()) or "")
+        if ctx.state.mark_received(sub_id, name.sequence, name.package_id):  # held ones are read again
             ctx.audit.record("package.received", subscription=sub_id, package=name.filename,
                              package_id=name.package_id, sequence=name.sequence, bytes=local.stat().st_size)
         try:
@@ -366,7 +366,7 @@ class AgentRuntime:
             files=applied.files, expected_digest=applied.expected_digest, local_digest=applied.local_digest,
             digest_match=applied.digest_match, mismatched_buckets=applied.mismatched_buckets,
             mismatched_files=applied.mismatched_files))
-        state.set_meta(f"acked:{header.package_id}", applied.result)
+        state.mark_acked(sub_id, header.sequence, header.package_id, applied.result)
         ctx.audit.record("package.applied" if applied.result == "applied" else "package.skipped",
                          subscription=sub_id, package_id=header.package_id, sequence=header.sequence,
                          kind=header.kind, rows_upserted=applied.rows_upserted,

@@ -66,3 +66,15 @@ def test_lock_keeps_a_second_instance_out(tmp_path: Path) -> None:
         lock2 = StateLock(tmp_path)
         lock2.acquire()
         StateLock(tmp_path).acquire()
+
+
+def test_inbox_package_records(tmp_path: Path) -> None:
+    state = State(tmp_path)
+    assert state.mark_received("s", 1, "a" * 32)
+    assert not state.mark_received("s", 1, "a" * 32)  # read again (held): not new
+    assert not state.is_acked("a" * 32)
+    state.mark_acked("s", 1, "a" * 32, "applied")
+    state.mark_acked("s", 2, "b" * 32, "skipped")
+    assert state.is_acked("a" * 32) and state.is_acked("b" * 32)
+    state.forget_packages("s", {"b" * 32})  # the hub pruned the first one
+    assert not state.is_acked("a" * 32) and state.is_acked("b" * 32)
