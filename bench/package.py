@@ -1,10 +1,12 @@
 """Throughput of package format v1 against the bare primitives it is built from.
 
-Writes and reads a package of ``--size-mib`` MiB of CSV-like table rows (default 1 GiB),
-then runs the same primitives the format uses — zstd (same level), AES-256-GCM (same
-chunk size), SHA-256 over the ciphertext — called bare on the same bytes in the same run.
-The ratio format/primitives shows the format's own overhead (framing, buffering, temp file
-and rename, fsync, size checks).  The last line is one JSON object.
+Writes and reads a package of ``--size-mib`` MiB of CSV-like table rows (default 1 GiB)
+and, in lockstep with it (alternating every MiB, so load on a shared machine hits both
+sides alike), the same primitives the format uses — zstd (same level), AES-256-GCM (same
+chunk size), SHA-256 over the ciphertext — called bare on the same bytes.  The ratio
+format/primitives is the format's own overhead (framing, buffering, spool and copy,
+fsync and rename, size checks, the file reads of the digest pass).  Wall and CPU time
+are both reported; the last line is one JSON object.
 
     nice python bench/package.py --size-mib 1024
 """
@@ -41,6 +43,7 @@ from protocol.package import (
     chunk_nonce,
     open_package,
     read_envelope,
+    read_header,
     unwrap_data_key,
 )
 
@@ -121,62 +124,141 @@ class Clock:
         return sum((self.cpu if cpu else self.wall).values())
 
 
-def bare_write(plain: list[memoryview], chunk_size: int, level: int) -> tuple[Clock, int]:
-    """zstd -> AES-GCM per chunk -> SHA-256 of the ciphertext, each timed on its own."""
-    chunker = zstandard.ZstdCompressor(level=level).chunker(chunk_size=chunk_size)
-    aead = AESGCM(os.urandom(32))
-    digest = hashlib.sha256()
-    out = bytearray(chunk_size + TAG_BYTES)
-    package_id = "00" * 16
-    clock = Clock()
-    index = compressed_total = 0
+class BareWriter:
+    """zstd -> AES-GCM per chunk -> SHA-256 of the ciphertext, fed piece by piece, each timed."""
 
-    def seal(compressed: bytes, final: bool) -> None:
-        nonlocal index, compressed_total
-        target = memoryview(out)[: len(compressed) + TAG_BYTES]
-        with clock.measure("aes-256-gcm"):
-            aead.encrypt_into(chunk_nonce(index, final), compressed, chunk_ad(package_id, index), target)
-        with clock.measure("sha256"):
-            digest.update(target)
-        index += 1
-        compressed_total += len(compressed)
+    def __init__(self, chunk_size: int, level: int) -> None:
+        self.clock = Clock()
+        self.compressed = 0
+        self._chunker = zstandard.ZstdCompressor(level=level).chunker(chunk_size=chunk_size)
+        self._aead = AESGCM(os.urandom(32))
+        self._digest = hashlib.sha256()
+        self._out = bytearray(chunk_size + TAG_BYTES)
+        self._index = 0
 
-    for piece in plain:
-        with clock.measure("zstd"):
-            produced = list(chunker.compress(piece))
+    def _seal(self, compressed: bytes, final: bool) -> None:
+        target = memoryview(self._out)[: len(compressed) + TAG_BYTES]
+        with self.clock.measure("aes-256-gcm"):
+            nonce, ad = chunk_nonce(self._index, final), chunk_ad("00" * 16, self._index)
+            self._aead.encrypt_into(nonce, compressed, ad, target)
+        with self.clock.measure("sha256"):
+            self._digest.update(target)
+        self._index += 1
+        self.compressed += len(compressed)
+
+    def feed(self, piece: memoryview) -> None:
+        with self.clock.measure("zstd"):
+            produced = list(self._chunker.compress(piece))
         for compressed in produced:
-            seal(compressed, False)
-    with clock.measure("zstd"):
-        produced = list(chunker.finish())
-    for i, compressed in enumerate(produced):
-        seal(compressed, i == len(produced) - 1)
-    return clock, compressed_total
+            self._seal(compressed, False)
+
+    def finish(self) -> None:
+        with self.clock.measure("zstd"):
+            produced = list(self._chunker.finish())
+        for i, compressed in enumerate(produced):
+            self._seal(compressed, i == len(produced) - 1)
 
 
-def bare_read(path: Path, header: PackageHeader, data_key: bytes) -> Clock:
-    """SHA-256 of the ciphertext, AES-GCM open per chunk, zstd decompress; file reads untimed."""
-    with open(path, "rb") as handle:
-        payload_offset = read_envelope(handle.fileno()).payload_offset
-    chunks, chunk_size, package_id = header.payload.chunks, header.payload.chunk_size, header.package_id
-    aead = AESGCM(data_key)
-    decompressor = zstandard.ZstdDecompressor().decompressobj()
-    digest = hashlib.sha256()
-    plain = bytearray(chunk_size)
+class BareReader:
+    """SHA-256 of the ciphertext, then AES-GCM open + zstd per chunk; file reads untimed."""
+
+    def __init__(self, path: Path, header: PackageHeader, data_key: bytes) -> None:
+        self.clock = Clock()
+        self.produced = 0
+        self._handle = open(path, "rb")  # noqa: SIM115 -- closed by close()
+        self._offset = read_envelope(self._handle.fileno()).payload_offset
+        self._header = header
+        self._aead = AESGCM(data_key)
+        self._decompressor = zstandard.ZstdDecompressor().decompressobj()
+        self._plain = bytearray(header.payload.chunk_size)
+        self._index = 0
+
+    @property
+    def done(self) -> bool:
+        return self._index >= self._header.payload.chunks
+
+    def hash_all(self) -> None:
+        digest = hashlib.sha256()
+        self._handle.seek(self._offset)
+        while block := self._handle.read(4 * MIB):
+            with self.clock.measure("sha256"):
+                digest.update(block)
+        self._handle.seek(self._offset)
+
+    def step(self) -> None:
+        info = self._header.payload
+        sealed = self._handle.read(info.chunk_size + TAG_BYTES)
+        target = memoryview(self._plain)[: len(sealed) - TAG_BYTES]
+        with self.clock.measure("aes-256-gcm"):
+            nonce = chunk_nonce(self._index, self._index == info.chunks - 1)
+            self._aead.decrypt_into(nonce, sealed, chunk_ad(self._header.package_id, self._index), target)
+        with self.clock.measure("zstd"):
+            self.produced += len(self._decompressor.decompress(target))
+        self._index += 1
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+def write_round(
+    path: Path, plain: list[memoryview], parties: tuple[PartyKeys, PartyKeys], args: Any
+) -> tuple[Clock, BareWriter]:
+    """The format's writer and the bare primitives in lockstep, piece by piece.
+
+    Alternating every MiB makes load changes on a shared machine hit both sides alike.
+    """
+    sender, agent = parties
+    path.unlink(missing_ok=True)
+    clock, bare = Clock(), BareWriter(args.chunk_kib * 1024, args.level)
+    with clock.measure("format"):
+        writer = PackageWriter(
+            path,
+            kind="snapshot",
+            sender=sender,
+            recipient=agent.public_bundle(),
+            subscription="bench",
+            sequence=1,
+            chunk_size=args.chunk_kib * 1024,
+            level=args.level,
+        )
+    for piece in plain:
+        with clock.measure("format"):
+            writer.write(piece)
+        bare.feed(piece)
+    with clock.measure("format"):
+        writer.close()
+    bare.finish()
+    return clock, bare
+
+
+def read_round(path: Path, parties: tuple[PartyKeys, PartyKeys], expected: int) -> tuple[Clock, BareReader]:
+    """The format's reader and the bare primitives in lockstep, chunk by chunk."""
+    sender, agent = parties
+    trusted = {"platform": sender.public_bundle()}
+    header = read_header(path, trusted_senders=trusted)  # untimed set-up of the bare side
+    bare = BareReader(path, header, unwrap_data_key(header, agent))
     clock = Clock()
-    with open(path, "rb") as handle:
-        handle.seek(payload_offset)
-        for index in range(chunks):
-            sealed = handle.read(chunk_size + TAG_BYTES)
-            with clock.measure("sha256"):
-                digest.update(sealed)
-            target = memoryview(plain)[: len(sealed) - TAG_BYTES]
-            with clock.measure("aes-256-gcm"):
-                aead.decrypt_into(
-                    chunk_nonce(index, index == chunks - 1), sealed, chunk_ad(package_id, index), target
-                )
-            with clock.measure("zstd"):
-                decompressor.decompress(target)
-    return clock
+    with clock.measure("format"):
+        package = open_package(path, trusted_senders=trusted, recipient=agent)  # includes the digest pass
+        pieces_out = package.iter_plaintext()
+    bare.hash_all()
+    produced = 0
+    while True:
+        with clock.measure("format"):
+            piece = next(pieces_out, None)
+        if piece is None:
+            break
+        produced += len(piece)
+        while bare.produced < produced and not bare.done:
+            bare.step()
+    while not bare.done:
+        bare.step()
+    with clock.measure("format"):
+        package.close()
+    bare.close()
+    if produced != expected or bare.produced != expected:
+        raise SystemExit(f"read {produced} (bare {bare.produced}) bytes, wrote {expected}")
+    return clock, bare
 
 
 def reset_peak_rss() -> None:
@@ -199,43 +281,6 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def format_write(
-    path: Path, plain: list[memoryview], parties: tuple[PartyKeys, PartyKeys], args: Any
-) -> Clock:
-    sender, agent = parties
-    path.unlink(missing_ok=True)
-    clock = Clock()
-    with clock.measure("format"):
-        writer = PackageWriter(
-            path,
-            kind="snapshot",
-            sender=sender,
-            recipient=agent.public_bundle(),
-            subscription="bench",
-            sequence=1,
-            chunk_size=args.chunk_kib * 1024,
-            level=args.level,
-        )
-        with writer:
-            for piece in plain:
-                writer.write(piece)
-    return clock
-
-
-def format_read(
-    path: Path, parties: tuple[PartyKeys, PartyKeys], expected: int
-) -> tuple[Clock, PackageHeader]:
-    sender, agent = parties
-    clock = Clock()
-    with clock.measure("format"):
-        package = open_package(path, trusted_senders={"platform": sender.public_bundle()}, recipient=agent)
-        with package:
-            total = sum(len(piece) for piece in package.iter_plaintext())
-    if total != expected:
-        raise SystemExit(f"read {total} bytes, wrote {expected}")
-    return clock, package.header
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -244,7 +289,7 @@ def main() -> int:
     parser.add_argument("--chunk-kib", type=int, default=DEFAULT_CHUNK_SIZE // 1024, help="chunk size")
     parser.add_argument("--level", type=int, default=DEFAULT_LEVEL, help="zstd level")
     parser.add_argument("--block-mib", type=int, default=16, help="distinct rows, repeated up to the size")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the best of each is kept")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds; the best of each side is kept")
     parser.add_argument("--dir", help="where to write the package (default: a temp dir)")
     args = parser.parse_args()
     total = args.size_mib * MIB
@@ -261,13 +306,14 @@ def main() -> int:
     compressed = 0
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         path = Path(tmp) / "bench.pkg"
-        for _ in range(args.rounds):  # interleaved, so load changes hit both sides alike
-            writes.append(format_write(path, plain, parties, args))
-            clock, compressed = bare_write(plain, args.chunk_kib * 1024, args.level)
-            bare_writes.append(clock)
-            clock, header = format_read(path, parties, total)
+        for _ in range(args.rounds):
+            clock, bare_writer = write_round(path, plain, parties, args)
+            writes.append(clock)
+            bare_writes.append(bare_writer.clock)
+            compressed = bare_writer.compressed
+            clock, bare_reader = read_round(path, parties, total)
             reads.append(clock)
-            bare_reads.append(bare_read(path, header, unwrap_data_key(header, parties[1])))
+            bare_reads.append(bare_reader.clock)
         file_size = path.stat().st_size
 
     def best(clocks: list[Clock], cpu: bool = False) -> Clock:
@@ -285,7 +331,7 @@ def main() -> int:
     print(
         f"payload: {args.size_mib} MiB CSV-like plaintext -> {file_size / 1e6:.1f} MB package "
         f"(zstd level {args.level}, ratio {total / compressed:.2f}), chunks of {args.chunk_kib} KiB, "
-        f"best of {args.rounds} interleaved rounds; MB/s of plaintext"
+        f"format and primitives in lockstep, best of {args.rounds} rounds; MB/s of plaintext"
     )
     print(
         f"write: format {mb / fw.total():7.1f} MB/s | bare primitives {mb / bw.total():7.1f} MB/s "
