@@ -140,6 +140,10 @@ def test_sigkill_at_every_phase_leaves_old_or_new_set(tmp_path: Path, durability
         assert os.waitstatus_to_exitcode(status) == -signal.SIGKILL, f"step {kill_at} of {total} not reached"
         outcomes.append(_check_after_restart(share))
     assert len(points) >= 30
+    print(
+        f"{durability}: {len(points)} kill points of {total} steps: "
+        f"{outcomes.count('old')} old, {outcomes.count('new')} new"
+    )
     assert {"old", "new"} <= set(outcomes), outcomes  # kills landed on both sides of the commit point
 
 
@@ -157,3 +161,4 @@ def test_sigkill_after_random_delays_leaves_old_or_new_set(tmp_path: Path) -> No
         os.close(pipe)
         outcomes.append(_check_after_restart(share))
     assert len(outcomes) == 30
+    print(f"random-delay kills: {outcomes.count('old')} left the old set, {outcomes.count('new')} the new")
