@@ -513,3 +513,42 @@ def test_a_large_file_streams_with_bounded_memory(store: ShareStore, share: Path
     assert os.waitstatus_to_exitcode(status) == 0
     assert (share / "sub" / "big.bin").stat().st_size == size
     assert 0 <= grown_kib < 40 * 1024, f"peak RSS grew by {grown_kib} KiB"
+
+
+@pytest.mark.parametrize("previous", [None, {f"old/{i}": b"o" for i in range(50)} | {"k": b"keep"}])
+def test_a_large_change_split_into_a_chain_of_packages_applies_link_by_link(
+    store: ShareStore, share: Path, previous: dict[str, bytes] | None
+) -> None:
+    import json as _json
+
+    from connectors.stores.shares.fileset import fileset_summary
+    from connectors.stores.shares.manifest import build_manifest, split_manifest, validate_manifest
+    from tests.test_shares_support import entries_of
+
+    sequence = 0
+    if previous is not None:
+        applied(store, previous)
+        sequence = 1
+    files = {f"new/{i:04d}.txt": f"n{i}".encode() for i in range(400)} | {"k": b"keep"}
+    whole = build_manifest(entries_of(files), None if previous is None else entries_of(previous))
+    links = split_manifest(whole, None if previous is None else entries_of(previous), max_bytes=8000)
+    assert len(links) > 3 and sum(len(m.entries) for m in links) == len(whole.entries)
+    for link in links:
+        assert len(_json.dumps(link.to_json())) <= 8000
+        assert validate_manifest(link.to_json()) == link
+        sequence += 1
+        payload = b"".join(files[e.path] for e in link.entries)
+        header = {
+            "kind": "files",
+            "package_id": os.urandom(16).hex(),
+            "subscription": "sub-files",
+            "sequence": sequence,
+            "builds_on": sequence - 1,
+            "catalog": {},
+            "counts": {"files": len(link.entries), "plaintext_bytes": len(payload)},
+            "manifest": link.to_json(),
+        }
+        assert store.apply(header, [payload], "sub").match
+    assert tree(share / "sub") == files
+    assert links[-1].expected_digest == whole.expected_digest
+    assert store.position("sub").digest == fileset_summary(entries_of(files))["digest"]  # type: ignore[union-attr]

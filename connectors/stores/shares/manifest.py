@@ -9,6 +9,7 @@ list. See docs/shares.md for the JSON structure.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -189,3 +190,41 @@ def build_manifest(
     for entry in entries:
         validate_entry(entry.to_json())
     return Manifest(tuple(entries), tuple(removed), base, fileset_digest(now.values()), len(now))
+
+
+def split_manifest(
+    manifest: Manifest, previous: Iterable[ManifestEntry] | None, max_bytes: int
+) -> list[Manifest]:
+    """Hub side: ``manifest`` as a chain of manifests each at most ``max_bytes`` of JSON.
+
+    A package header caps its manifest (``protocol.header.MAX_MANIFEST_BYTES``), so a large
+    change goes out as consecutive packages, each a delta on the one before (the first
+    keeps the original's base, or is a smaller snapshot). Removals travel in the first
+    link; every link carries the exact digest and count of the set after it.
+    """
+    state = {e.path: e for e in previous} if previous is not None and not manifest.is_snapshot else {}
+    links: list[Manifest] = []
+    base = manifest.base_digest
+    removed = manifest.removed
+    entries = manifest.entries
+    at = 0
+    while True:
+        for path in removed:
+            state.pop(path, None)
+        chunk: list[ManifestEntry] = []
+        size = len(json.dumps(Manifest((), removed, base, "0" * 64, 0).to_json()))
+        while at < len(entries):
+            cost = len(json.dumps(entries[at].to_json())) + 2
+            if chunk and size + cost > max_bytes:
+                break
+            size += cost
+            chunk.append(entries[at])
+            at += 1
+        if size > max_bytes:
+            raise SizeLimitError(f"a manifest link needs {size} bytes, more than {max_bytes}")
+        state.update((e.path, e) for e in chunk)
+        link = Manifest(tuple(chunk), removed, base, fileset_digest(state.values()), len(state))
+        links.append(link)
+        if at == len(entries):
+            return links
+        base, removed = link.expected_digest, ()
