@@ -401,3 +401,14 @@ def test_text_preserved_exactly(value: str) -> None:
     column = col("NVARCHAR2(30)")
     assert canonicalize(value, column) == value
     assert ColumnValidator(column).check([value]) is None
+
+
+def test_error_names_the_right_line_across_chunks() -> None:
+    good = b"".join(encode_record("U", [str(i), f"多行\n值{i}", None]) for i in range(3000))
+    payload = good + b'U,"x",unquoted,\n'
+    chunks = [payload[i : i + 999] for i in range(0, len(payload), 999)]
+    with pytest.raises(RecordFormatError, match="line 6001"):
+        list(iter_records(chunks, 3))
+    records = list(iter_records([good], 3))
+    assert [r.line for r in records[:3]] == [1, 3, 5]
+    assert records[-1].line == 5999
