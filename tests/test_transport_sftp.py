@@ -533,3 +533,48 @@ def test_crash_loop_during_one_download(sshd: SshdServer, sftp_account: Account,
         assert transport.connections == 6
     assert len(crashes) == 5
     assert _sha256(tmp_path / "p") == expected
+
+
+def test_reads_are_large_and_pipelined(
+    sshd: SshdServer, sftp_account: Account, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Never small one-at-a-time reads: every READ (but the last) is 255 KiB, and 16 are in
+    flight before the first answer is consumed."""
+    import paramiko
+    from paramiko.sftp import CMD_READ
+
+    _big_file(sftp_account, "p", 16)
+    events: list[tuple[str, int]] = []
+    real_request = paramiko.SFTPClient._async_request  # type: ignore[attr-defined]
+    real_response = paramiko.SFTPClient._read_response  # type: ignore[attr-defined]
+
+    def request(self: Any, fileobj: Any, kind: int, *args: Any) -> Any:
+        if kind == CMD_READ:
+            events.append(("read", int(args[-1])))
+        return real_request(self, fileobj, kind, *args)
+
+    def response(self: Any, *args: Any) -> Any:
+        events.append(("answer", 0))
+        return real_response(self, *args)
+
+    monkeypatch.setattr(paramiko.SFTPClient, "_async_request", request)
+    monkeypatch.setattr(paramiko.SFTPClient, "_read_response", response)
+    with SftpTransport(settings(sshd, sftp_account)) as transport:
+        transport.fetch("inbox/p", tmp_path / "p")
+    sizes = [n for kind, n in events if kind == "read"]
+    assert sum(sizes) == 16 * 1024 * 1024
+    assert all(n == 255 * 1024 for n in sizes[:-1])
+    outstanding = peak = 0
+    first_read = events.index(("read", sizes[0]))  # earlier answers were OPEN and FSTAT
+    for kind, _ in events[first_read:]:
+        outstanding += 1 if kind == "read" else -1
+        peak = max(peak, outstanding)
+    assert peak >= 16
+
+
+def test_empty_upload(sshd: SshdServer, sftp_account: Account, tmp_path: Path) -> None:
+    (tmp_path / "empty").write_bytes(b"")
+    with SftpTransport(settings(sshd, sftp_account)) as transport:
+        transport.put(tmp_path / "empty", "outbox/empty")
+    assert sftp_account.path("outbox", "empty").read_bytes() == b""
+    assert os.listdir(sftp_account.path("outbox")) == ["empty"]
