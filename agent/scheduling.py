@@ -141,6 +141,10 @@ class Scheduler:
         assert nxt is not None
         return nxt
 
+    def next_run(self, subscription_id: str) -> float:
+        """When this subscription runs next (a past instant or -inf: as soon as the loop gets to it)."""
+        return self._due_at(subscription_id)
+
     def due(self) -> list[str]:
         """Subscriptions due now and not running, most overdue first."""
         now = self._clock()

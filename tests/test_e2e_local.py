@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -451,10 +452,17 @@ def test_status_and_audit_commands(site: Site, capsys: pytest.CaptureFixture[str
     capsys.readouterr()
     assert agent_main(["status", "-c", str(site.config)]) == 0
     out = capsys.readouterr().out
-    assert "files" in out and "match" in out and "not running" in out
+    assert "files" in out and "match" in out and "not running" in out and "NEXT RUN" in out
     assert agent_main(["status", "-c", str(site.config), "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
     assert status["audit_head"]["seq"] > 0
+    from datetime import datetime
+
+    from agent.reports import rfc3339
+    from agent.scheduling import Schedule
+
+    monthly = Schedule.parse("每月").next_slot(time.time(), datetime.now().astimezone().tzinfo)  # type: ignore[arg-type]
+    assert status["subscriptions"][0]["next_run"] == rfc3339(monthly)  # ran just now: next month's slot
     assert agent_main(["audit", "verify", "-c", str(site.config)]) == 0
     head = status["audit_head"]
     assert agent_main(["audit", "verify", "-c", str(site.config), "--expect-head",

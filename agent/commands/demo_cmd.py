@@ -38,8 +38,16 @@ def register(subparsers: Any) -> None:
         "demo", help="run the whole system on this machine (hub + agent, no server)",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dir", type=Path, help="work directory (default: a new temporary directory)")
-    parser.add_argument("--rows", type=int, default=STAFF_ROWS, help=f"staff rows (default {STAFF_ROWS})")
+    parser.add_argument("--rows", type=_positive, default=STAFF_ROWS,
+                        help=f"staff rows (default {STAFF_ROWS})")
     parser.set_defaults(func=run)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 10:
+        raise argparse.ArgumentTypeError("at least 10 rows")
+    return value
 
 
 class Demo:

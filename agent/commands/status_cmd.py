@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from datetime import datetime, timezone
 from typing import Any
 
 from agent import exitcodes
 from agent.audit import AuditTrail
-from agent.config import load_config
+from agent.config import AgentConfig, load_config
 from agent.reports import ReportQueue, rfc3339
+from agent.scheduling import Scheduler
 from agent.state import State, StateLock, subscription_view
+from agent.subscription_list import parse_subscription_list
 
 
 def register(subparsers: Any) -> None:
@@ -35,8 +38,11 @@ def collect(config_path: str) -> dict[str, Any]:
         rows = [subscription_view(r) for r in state.subscriptions()]
         quarantine = state.quarantined()
         config_digest = state.meta("config_digest")
+        next_runs = _next_runs(state, config)
     finally:
         state.close()
+    for row in rows:
+        row["next_run"] = next_runs.get(row["subscription_id"])
     queue_dir = state_dir / "outqueue"
     queue = ReportQueue(queue_dir) if queue_dir.is_dir() else None
     return {
@@ -50,6 +56,22 @@ def collect(config_path: str) -> dict[str, Any]:
         "quarantine": [{k: q[k] for k in ("subscription_id", "package_name", "sequence", "reason", "path")}
                        | {"at": rfc3339(q["at"])} for q in quarantine],
     }
+
+
+def _next_runs(state: State, config: AgentConfig) -> dict[str, str]:
+    """When each subscription of the last verified list runs next, by its update frequency."""
+    raw = state.meta("subscriptions_json")
+    if not raw:
+        return {}
+    entries = parse_subscription_list(raw.encode(), config.agent.id)
+    scheduler = Scheduler(state, config.platform.poll_interval.total_seconds())
+    scheduler.set_subscriptions({sub_id: e.schedule for sub_id, e in entries.items()})
+    now = time.time()
+    out = {}
+    for sub_id in entries:
+        at = scheduler.next_run(sub_id)
+        out[sub_id] = "now" if at <= now else (rfc3339(at) or "")
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -75,13 +97,14 @@ def render(status: dict[str, Any]) -> str:
         f"reports queued: {status['report_queue']['documents']} ({status['report_queue']['bytes']} bytes)",
         "",
     ]
-    header = ("SUBSCRIPTION", "KIND", "TARGET", "APPLIED", "PUB", "LAG", "DIGEST", "LAST SUCCESS", "STATE")
+    header = ("SUBSCRIPTION", "KIND", "TARGET", "APPLIED", "PUB", "LAG", "DIGEST", "LAST SUCCESS", "NEXT RUN",
+              "STATE")
     table = [header]
     for s in status["subscriptions"]:
         digest = {True: "match", False: "MISMATCH", None: "-"}[s["digest_match"]]
         table.append((s["subscription_id"], s["kind"] or "-", s["target"] or "-", str(s["applied_sequence"]),
                       _dash(s["published_sequence"]), _dash(s["lag"]), digest, s["last_success"] or "never",
-                      s["state"]))
+                      _dash(s.get("next_run")), s["state"]))
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
         lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
