@@ -351,44 +351,59 @@ class TableCapture:
         Ranges that agree are done; a range that differs is split at the median published key
         until it is small, then diffed row by row. Finds deletes (and rows that appeared
         without moving the cursor) with a handful of index-range aggregates per difference
-        instead of reading the table. Many scattered differences would cost more queries than
-        reading the rows: past a budget of about two queries per leaf range, the remaining
-        ranges are read and diffed directly, so the worst case is one read of the table.
+        instead of reading the table. With a cursor, a differing leaf range is compared by keys
+        only (updates came through the cursor); without one, by rows. Many scattered differences
+        would cost more queries than one pass over the table: past a budget of about two queries
+        per leaf range, the rest is done in one pass (keys only with a cursor, rows without).
         """
         hashing = self.hashing
-        budget = 2 * (self.published_count() // RANGE_ROWS) + 16
+        leaves = self.published_count() // RANGE_ROWS + 1
+        budget = 2 * leaves + 16
         stack: list[tuple[int | None, int | None]] = [(None, None)]
         while stack:
             lo, hi = stack.pop()
-            published = self._published_stats(lo, hi, hashing)
             budget -= 1
-            if budget < 0:
-                self._diff_range(spool, digest, lo, hi)
+            published = self._published_stats(lo, hi, hashing)
+            source = self.reader.range_stats(lo, hi, KEY_MODULUS, hashing)
+            if source == published:
                 continue
-            if self.reader.range_stats(lo, hi, KEY_MODULUS, hashing) == published:
-                continue
+            # At least this many rows are gone: spread over many leaves, bisecting would visit
+            # most of them several times over.
+            many_deletes = (lo, hi) == (None, None) and published[0] - source[0] > leaves // 4
+            if budget < 0 or many_deletes:
+                self._one_pass(spool, digest)
+                return
             middle = self._split_point(lo, hi, published[0]) if published[0] > RANGE_ROWS else None
-            if middle is None:
-                self._diff_range(spool, digest, lo, hi)
-            else:
+            if middle is not None:
                 stack += [(lo, middle), (middle, hi)]
+            elif hashing:
+                self._diff_into(spool, digest, self.reader.rows_in_range(lo, hi, with_hash=True), (lo, hi))
+            else:
+                self._reconcile_keys(spool, digest, (lo, hi))
 
-    def _diff_range(self, spool: _Spool, digest: StateDigest, lo: int | None, hi: int | None) -> None:
-        self._diff_into(spool, digest, self.reader.rows_in_range(lo, hi, with_hash=self.hashing), (lo, hi))
+    def _one_pass(self, spool: _Spool, digest: StateDigest) -> None:
+        """The whole table in one pass: keys only with a cursor, rows (with hashes) without."""
+        if self.hashing:
+            self._diff_into(spool, digest, self.reader.rows(with_hash=True), (None, None))
+        else:
+            self._reconcile_keys(spool, digest)
 
-    def _reconcile_keys(self, spool: _Spool, digest: StateDigest) -> None:
-        """Counts differ: find deleted keys (and rows that appeared without moving the cursor)."""
-        keys = ((self.codec.key_of(k),) for k in self.reader.live_keys())
-        self._stage("live", ["key"], keys)
-        self._delete_missing_from("live", spool, digest, (None, None))
+    def _reconcile_keys(
+        self, spool: _Spool, digest: StateDigest, scope: tuple[int | None, int | None] = (None, None)
+    ) -> None:
+        """Keys only: published keys missing at the source are deletes; source keys missing from
+        the published state (rows that appeared without moving the cursor) are read in full."""
+        lo, hi = scope
+        source_keys = self.reader.live_keys(lo, hi) if scope != (None, None) else self.reader.live_keys()
+        self._stage("live", ["key"], ((self.codec.key_of(k),) for k in source_keys))
+        self._delete_missing_from("live", spool, digest, scope)
         missing = self.db.execute(
             "SELECT count(*) FROM temp.live WHERE key NOT IN (SELECT key FROM rows)"
         ).fetchone()[0]
         self.db.execute("DROP TABLE temp.live")
         if missing:
-            # Rows that exist at the source but were never captured: their cursor did not move
-            # past the last one. Only a full diff can find their content.
-            self._diff_into(spool, digest, self.reader.rows(with_hash=self.hashing), (None, None))
+            rows = self.reader.rows_in_range(lo, hi) if scope != (None, None) else self.reader.rows()
+            self._diff_into(spool, digest, rows, scope)
 
     # ---------------------------------------------------------- full diff
     def full_diff(self, spool_path: Path) -> TableChange:

@@ -24,6 +24,7 @@ class RowCodec:
         self.key_columns = [self.columns[i] for i in self.key_positions]
         self.width = len(self.columns)
         self._converters = [_converter(c) for c in self.columns]
+        self._key_converters = [self._converters[i] for i in self.key_positions]
 
     def values(self, row: Sequence[Any]) -> list[str | None]:
         return [convert(v) for convert, v in zip(self._converters, row, strict=True)]
@@ -36,8 +37,9 @@ class RowCodec:
 
     def key_of(self, key_values: Sequence[Any]) -> str:
         """The same key from a keys-only query."""
+        converters = self._key_converters
         return canonical.encode_values(
-            [canonical.canonicalize(v, c) for v, c in zip(key_values, self.key_columns, strict=True)]
+            [convert(v) for convert, v in zip(converters, key_values, strict=True)]
         )
 
     def key_values(self, key: str) -> list[str | None]:

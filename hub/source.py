@@ -152,9 +152,11 @@ class TableReader:
         with self.engine.connect() as conn:
             return int(conn.execute(stmt).scalar_one())
 
-    def live_keys(self) -> Iterator[Sequence[Any]]:
-        """Primary-key values of every live row (keys only: the cheap side of delete detection)."""
-        stmt = sa.select(*(self._col[c] for c in self.keys)).where(*self._filter(), *self._live())
+    def live_keys(self, lo: int | None = None, hi: int | None = None) -> Iterator[Sequence[Any]]:
+        """Primary-key values of live rows (keys only: the cheap side of delete detection),
+        optionally of an integer key range [lo, hi)."""
+        ranged = self._key_range(lo, hi) if (lo, hi) != (None, None) else []
+        stmt = sa.select(*(self._col[c] for c in self.keys)).where(*self._filter(), *self._live(), *ranged)
         return self._stream(stmt)
 
     def _key_range(self, lo: int | None, hi: int | None) -> list[sa.ColumnElement[bool]]:
