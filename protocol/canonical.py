@@ -499,6 +499,48 @@ _CANONICALIZERS: dict[Family, Callable[[object, ColumnType], str]] = {
 }
 
 
+def canonicalizer(column: ColumnSpec) -> Callable[[object], str | None]:
+    """A fast :func:`canonicalize` for one column, for values read back from a database.
+
+    The common driver types take a short path (a ``str`` for text, a ``Decimal`` already at
+    the declared scale, a ``datetime``); anything else goes through :func:`canonicalize`,
+    so the result is always identical to it.
+    """
+    ctype = column.type
+    family = ctype.family
+
+    def slow(value: object) -> str | None:
+        return canonicalize(value, column)
+
+    if family is Family.TEXT and not ctype.fixed:
+
+        def text(value: object) -> str | None:
+            return value if type(value) is str else slow(value)
+
+        return text
+    if family is Family.DECIMAL and ctype.scale is not None and ctype.precision is not None:
+        scale, whole = ctype.scale, ctype.precision - ctype.scale
+
+        def decimal(value: object) -> str | None:
+            if type(value) is Decimal and value.as_tuple().exponent == -scale and value.is_finite():
+                digits = format(value, "f")
+                fits = len(digits.lstrip("-").partition(".")[0].lstrip("0")) <= whole
+                if fits and (value or not digits.startswith("-")):
+                    return digits
+            return slow(value)
+
+        return decimal
+    if family is Family.TIMESTAMP:
+
+        def timestamp(value: object) -> str | None:
+            if type(value) is datetime and value.tzinfo is None and not value.microsecond:
+                return format_timestamp(value, 0)
+            return slow(value)
+
+        return timestamp
+    return slow
+
+
 def to_python(text: str | None, ctype: ColumnType) -> object:
     """The Python value a DB-API driver accepts for canonical text (stores bind these)."""
     if text is None:
@@ -983,6 +1025,7 @@ __all__ = [
     "TypeSpecError",
     "canonical_row",
     "canonicalize",
+    "canonicalizer",
     "columns_from_schema",
     "compile_format",
     "encode_record",

@@ -412,3 +412,32 @@ def test_error_names_the_right_line_across_chunks() -> None:
     records = list(iter_records([good], 3))
     assert [r.line for r in records[:3]] == [1, 3, 5]
     assert records[-1].line == 5999
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(
+        ["NUMBER(12,2)", "NUMBER(4,2)", "NUMBER(5)", "VARCHAR2(5)", "TIMESTAMP(3)", "DATE", "CHAR(3)"]
+    ),
+    st.one_of(
+        st.decimals(allow_nan=False, allow_infinity=False),
+        st.decimals(places=2, allow_nan=False, allow_infinity=False),
+        st.text(max_size=8),
+        st.datetimes(),
+        st.integers(),
+        st.none(),
+    ),
+)
+def test_fast_canonicalizer_agrees_with_canonicalize(declared: str, value: object) -> None:
+    from protocol.canonical import canonicalizer
+
+    column = col(declared)
+    try:
+        expected: object = canonicalize(value, column)
+    except InvalidValueError as exc:
+        expected = exc.reason
+    try:
+        got: object = canonicalizer(column)(value)
+    except InvalidValueError as exc:
+        got = exc.reason
+    assert got == expected

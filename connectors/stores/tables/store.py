@@ -17,7 +17,7 @@ finishes it (the rename happened) or undoes it (it did not).
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
 
@@ -59,7 +59,7 @@ from protocol.canonical import (
     ColumnValidator,
     Record,
     RecordFormatError,
-    canonical_row,
+    canonicalizer,
     columns_from_schema,
     encode_values,
     iter_records,
@@ -247,7 +247,10 @@ class TableStore:
                 result.reason = f"delta builds on sequence {base}, the table is at {current}"
                 return result
         state = self._claim(subscription, table, columns, state)
-        added = added_columns(state.schema, columns) if state.sequence > 0 else []
+        with self.engine.connect() as conn:
+            exists = self._has_table(conn, table)
+        # the schema the agent applied binds once there is a table (or a position) to protect
+        added = added_columns(state.schema, columns) if state.sequence > 0 or exists else []
         result.added_columns = [c.name for c in added]
         expected = header.expected_state
         if header.kind == KIND_SNAPSHOT:
@@ -498,8 +501,9 @@ class TableStore:
     ) -> None:
         keys: list[bytes] = []
         items: list[bytes] = []
+        convert = [canonicalizer(c) for c in columns]
         for row in rows:
-            key, item = row_item(canonical_row(row, columns), key_positions)
+            key, item = row_item([f(v) for f, v in zip(convert, row, strict=True)], key_positions)
             keys.append(key)
             items.append(item)
             if len(items) >= BATCH:
@@ -510,7 +514,7 @@ class TableStore:
     def _hash_table(self, conn: Connection, table: str, columns: Sequence[ColumnSpec]) -> LtHash:
         digest = LtHash()
         key_positions = key_indexes(columns)
-        canonicalizers: list[Callable[[object], str | None]] = [_canonicalizer(c) for c in columns]
+        canonicalizers = [canonicalizer(c) for c in columns]
         keys: list[bytes] = []
         items: list[bytes] = []
         for row in self.dialect.select_all(conn, table, columns):
@@ -610,6 +614,7 @@ class TableStore:
             self._create(conn, staging, columns, internal_name("pk", table, header.sequence), header.catalog)
             digest = self._load_staging(conn, plaintext, staging, columns)
             self._check_snapshot_digest(digest, expected, result)
+            self._check_position_unchanged(conn, header.subscription, header.sequence)
             self.dialect.swap_in(conn, table, staging, old, self._has_table(conn, table))
             self._commit_position(conn, header, table, columns, digest, result)
 
@@ -757,6 +762,14 @@ class TableStore:
             self._commit_position(conn, header, table, columns, digest, result)
 
     # ---------------------------------------------------------------- helpers
+    def _check_position_unchanged(self, conn: Connection, subscription: str, sequence: int) -> None:
+        """Lock the state row; refuse if another applier moved the position meanwhile."""
+        state = read_state(conn, subscription, for_update=True)
+        if state is not None and state.sequence >= sequence:
+            raise TableEnvironmentError(
+                f"subscription {subscription!r} reached sequence {state.sequence} meanwhile"
+            )
+
     def _translate_integrity(self) -> _IntegrityTranslator:
         return _IntegrityTranslator(self.engine)
 
@@ -775,15 +788,6 @@ class _IntegrityTranslator:
         if exc is not None and isinstance(exc, self.kinds) and not isinstance(exc, TableStoreError):
             message = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
             raise PayloadMalformed(f"the database refused the rows: {message}") from exc
-
-
-def _canonicalizer(column: ColumnSpec) -> Callable[[object], str | None]:
-    from protocol.canonical import canonicalize
-
-    def convert(value: object) -> str | None:
-        return canonicalize(value, column)
-
-    return convert
 
 
 __all__ = [
