@@ -291,6 +291,16 @@ def test_install_enroll_upgrade_uninstall_purge(bundle: Path, tmp_path: Path, pl
     check = run([edu_agent, "config", "check", "-c", config])
     assert check.returncode == 0, check.stdout + check.stderr
     assert run([edu_agent, "enroll", "-c", config]).returncode == 0
+    # The unit's own pre-start and reload check, exactly as written into the installed unit.
+    unit = (root / "etc/systemd/system/edu-agent.service").read_text()
+    for key in ("ExecStartPre", "ExecReload"):
+        command = re.search(rf"^{key}=(.*)$", unit, re.M)
+        assert command is not None, key
+        assert run(command.group(1).split()).returncode == 0, command.group(1)
+    # The installed program has everything it needs at run time: the whole demo (hub and agent,
+    # sign, encrypt, apply to SQLite and a share, verify) with nothing but the bundle's wheels.
+    demo = run([edu_agent, "demo", "--dir", tmp_path / "demo", "--rows", "200"], env=OFFLINE_ENV)
+    assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
 
     # 3. Upgrade (the same bundle again: a new release): config, keys and state are kept.
     (state / "state.db").write_bytes(b"state of the agent")
