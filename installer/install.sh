@@ -201,8 +201,7 @@ find "$keys_dir" -maxdepth 1 -type f ! -name '*.pub' ! -name '*.json' -exec chmo
 install -d -m 0755 "$unit_dir/edu-agent.service.d"
 rewrite() {  # the unit's paths, moved under --root
     if [ "$rooted" = 1 ]; then
-        sed -e "s#/opt/edu-agent#$opt#g" -e "s#/etc/edu-agent#$etc#g" -e "s#/var/lib/edu-agent#$state#g" \
-            -e "s#/srv/edu-agent#$root/srv/edu-agent#g"
+        sed -e "s#/opt/edu-agent#$opt#g" -e "s#/etc/edu-agent#$etc#g" -e "s#/var/lib/edu-agent#$state#g"
     else
         cat
     fi
