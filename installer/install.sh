@@ -49,7 +49,7 @@ packaged=0
 systemd_version=
 
 die() { echo "install: error: $*" >&2; exit 1; }
-usage() { sed -n '2,40p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit "${1:-0}"; }
 need_arg() { [ $# -ge 2 ] || { echo "install: $1 needs a value" >&2; exit 2; }; }
 
 while [ $# -gt 0 ]; do

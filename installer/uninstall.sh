@@ -18,7 +18,7 @@ set -euo pipefail
 root=
 purge=0
 die() { echo "uninstall: error: $*" >&2; exit 1; }
-usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit "${1:-0}"; }
 
 while [ $# -gt 0 ]; do
     case $1 in
