@@ -539,3 +539,30 @@ def test_enroll_with_an_unreadable_config(tmp_path: Path, capsys: pytest.Capture
     code, out, _ = cli(capsys, "enroll", "-c", tmp_path / "bad.yaml")
     assert code == 78
     assert "bad.yaml:" in out
+
+
+def test_the_reference_platform_registers_an_enrolled_agent(
+    enrolled_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What `enroll --json` prints is what edu-hub registers: the keys object as the agent's
+    bundle and the SSH public key line (docs/operations.md, "Enroll")."""
+    from hub.cli import main as hub_main
+
+    code, out, _ = cli(capsys, "enroll", "-c", enrolled_config, "--json")
+    assert code == 0
+    document = json.loads(out)
+    (tmp_path / "agent-keys.json").write_text(json.dumps(document["keys"]))
+    (tmp_path / "agent.pub").write_text(document["ssh_public_key"] + "\n")
+    hub = tmp_path / "hub"
+    assert hub_main(["init", str(hub)]) == 0
+    keys, ssh = str(tmp_path / "agent-keys.json"), str(tmp_path / "agent.pub")
+    assert (
+        hub_main(["agent", "add", str(hub), "--id", document["agent_id"], "--keys", keys, "--ssh-key", ssh])
+        == 0
+    )
+    capsys.readouterr()
+    assert hub_main(["agent", "list", str(hub), "--json"]) == 0
+    (agent,) = json.loads(capsys.readouterr().out)
+    assert agent["id"] == "school-9"
+    assert agent["bundle"]["signing_key_id"] == document["keys"]["signing_key_id"]
+    assert agent["ssh_key"].split()[:2] == document["ssh_public_key"].split()[:2]
