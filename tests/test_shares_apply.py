@@ -552,3 +552,28 @@ def test_a_large_change_split_into_a_chain_of_packages_applies_link_by_link(
     assert tree(share / "sub") == files
     assert links[-1].expected_digest == whole.expected_digest
     assert store.position("sub").digest == fileset_summary(entries_of(files))["digest"]  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("prefetch", [False, True])
+def test_payload_reader_reads_exact_counts_and_forwards_errors(prefetch: bool) -> None:
+    from connectors.stores.shares.stream import PayloadReader
+
+    with PayloadReader(iter([b"abc", b"", b"defgh"]), prefetch=prefetch) as reader:
+        assert bytes(reader.read(2)) == b"ab"
+        assert bytes(reader.read(10)) == b"c"
+        assert bytes(reader.read(4)) == b"defg"
+        assert not reader.at_end()
+        assert bytes(reader.read(4)) == b"h" and reader.at_end()
+
+    def broken() -> Iterator[bytes]:
+        yield b"x" * 10
+        raise Interrupted("chunk failed authentication")
+
+    with PayloadReader(broken(), prefetch=prefetch) as reader:
+        assert bytes(reader.read(10)) == b"x" * 10
+        with pytest.raises(Interrupted):
+            reader.read(1)
+
+    endless = (b"y" * 1024 for _ in iter(int, 1))
+    with PayloadReader(endless, prefetch=prefetch) as reader:  # closing stops the producer
+        assert len(reader.read(5)) == 5

@@ -94,6 +94,7 @@ PART_SUFFIX = ".part"
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 _FORBIDDEN_MODE_BITS = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX
 FSYNC_FILES_MAX = 32  # "auto" durability: per-file fsync up to this many, one syncfs beyond
+PREFETCH_MIN_AVERAGE = 1 << 20  # average file size from which decryption runs in its own thread
 
 
 @dataclass(frozen=True)
@@ -337,7 +338,10 @@ class ShareStore:
             self._preflight(sub, to_write, removed)
             self._check_space(sub, to_write)
             opts = self._write_options(len(to_write))
-            with PayloadReader(plaintext, prefetch=True) as reader:
+            # A decrypting thread pays off for large files; with many small ones its CPU work
+            # would make every file's syscalls wait for the GIL (a convoy), so read inline.
+            large = manifest.total_bytes >= PREFETCH_MIN_AVERAGE * max(1, len(manifest.entries))
+            with PayloadReader(plaintext, prefetch=large) as reader:
                 writes, stats = self._stage(sub, package, reader, intact, opts)
             plan = {
                 "snapshot": manifest.is_snapshot,
