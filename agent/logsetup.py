@@ -98,10 +98,21 @@ def redact_event(logger: WrappedLogger, method: str, event_dict: EventDict) -> E
     return {k: v if k.startswith("_") else redact_value(v, k) for k, v in event_dict.items()}
 
 
-class _HideSqlParameters(logging.Filter):
-    """SQLAlchemy logs statement parameters as a separate record; they are personal data."""
+class _LibraryFilter(logging.Filter):
+    """Applied on our handler (not by setting the libraries' own logger levels, which would
+    leak into anything else that listens to them):
+
+    * paramiko below WARNING is per-connection chatter: shown only when debugging;
+    * SQLAlchemy logs statement parameters as a separate record; they are personal data.
+    """
+
+    def __init__(self, debug: bool) -> None:
+        super().__init__()
+        self.debug = debug
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if not self.debug and record.levelno < logging.WARNING and record.name.startswith("paramiko"):
+            return False
         if record.name.startswith("sqlalchemy.engine") and isinstance(record.args, tuple):
             record.args = tuple(
                 "[parameters not logged]" if type(arg).__name__ == "_repr_params" else arg
@@ -159,7 +170,8 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
     )
     handler = logging.StreamHandler(out)
     handler.setFormatter(formatter)
-    handler.addFilter(_HideSqlParameters())
+    debug = level == "debug"
+    handler.addFilter(_LibraryFilter(debug))
     setattr(handler, _HANDLER_MARK, True)
 
     root = logging.getLogger()
@@ -167,10 +179,8 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
-    debug = level == "debug"
-    # Third-party loggers stay quiet unless debugging: paramiko's INFO is per connection
-    # chatter, SQLAlchemy's engine INFO is every statement.
-    logging.getLogger("paramiko").setLevel(logging.INFO if debug else logging.WARNING)
+    # SQLAlchemy decides per connection whether to log every statement from its logger's
+    # effective level, so that level itself is set: statements only when debugging.
     logging.getLogger("sqlalchemy").setLevel(logging.WARNING)
     logging.getLogger("sqlalchemy.engine").setLevel(logging.INFO if debug else logging.WARNING)
     logging.captureWarnings(True)
