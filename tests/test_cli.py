@@ -109,9 +109,11 @@ def test_unexpected_exception_exits_1(
 
 
 def test_console_script_entry_point() -> None:
-    """The installed ``edu-agent`` script (or the module) runs and exits with main()'s code."""
+    """The installed ``edu-agent`` script runs and exits with main()'s code."""
+    script = Path(sys.executable).parent / "edu-agent"
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "agent.cli"]
     result = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "config", "check", "-c", "/nonexistent/config.yaml"],
+        [*command, "config", "check", "-c", "/nonexistent/config.yaml"],
         capture_output=True,
         text=True,
         timeout=60,
