@@ -149,8 +149,8 @@ def check_platform(config: AgentConfig) -> Iterator[OnlineResult]:
     try:
         with open_transport(config.platform) as transport:
             results = transport.check()
-    except TransportError as exc:
-        yield OnlineResult("platform", False, str(exc))
+    except (TransportError, OSError) as exc:
+        yield OnlineResult("platform", False, f"{exc}" if isinstance(exc, TransportError) else repr(exc))
         return
     for result in results:
         yield OnlineResult(f"platform {result.item}", result.ok, result.detail)
