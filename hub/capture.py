@@ -33,6 +33,11 @@ from hub.state import PublishState
 from protocol import canonical
 
 INSERT_BATCH = 5000
+_NOT_STAGED = {  # published rows whose key is not in a staged temporary table
+    "live": "key NOT IN (SELECT key FROM live)",
+    "seen": "key NOT IN (SELECT key FROM seen)",
+    "ilive": "ikey NOT IN (SELECT ikey FROM ilive)",
+}
 RANGE_ROWS = 2000
 """A key range with at most this many published rows is compared row by row."""
 
@@ -284,11 +289,10 @@ class TableCapture:
         self, staged: str, spool: _Spool, digest: StateDigest, scope: tuple[int | None, int | None]
     ) -> None:
         """Delete every published row in the key range whose key is not in the staged table."""
-        assert staged in ("live", "seen")
         self.db.execute("DROP TABLE IF EXISTS temp.gone")
         condition, args = _scope(*scope)
-        sql = "CREATE TEMP TABLE gone AS SELECT key, line FROM rows WHERE key NOT IN (SELECT key FROM "
-        self.db.execute(sql + staged + ") AND " + condition, args)
+        sql = "CREATE TEMP TABLE gone AS SELECT key, line FROM rows WHERE "
+        self.db.execute(sql + _NOT_STAGED[staged] + " AND " + condition, args)
         for key, line in self.db.execute("SELECT key, line FROM temp.gone ORDER BY key"):
             digest.remove(key, line)
             spool.delete(self.codec.delete_record(key))
@@ -395,12 +399,19 @@ class TableCapture:
         the published state (rows that appeared without moving the cursor) are read in full."""
         lo, hi = scope
         source_keys = self.reader.live_keys(lo, hi) if scope != (None, None) else self.reader.live_keys()
-        self._stage("live", ["key"], ((self.codec.key_of(k),) for k in source_keys))
-        self._delete_missing_from("live", spool, digest, scope)
-        missing = self.db.execute(
-            "SELECT count(*) FROM temp.live WHERE key NOT IN (SELECT key FROM rows)"
-        ).fetchone()[0]
-        self.db.execute("DROP TABLE temp.live")
+        if self.integer_key and self._keys_fit_int64():
+            # Integer keys compare as integers: no canonical text per key, the published index serves.
+            self._stage("ilive", ["ikey"], ((int(k[0]),) for k in source_keys))
+            self._delete_missing_from("ilive", spool, digest, scope)
+            count_sql = "SELECT count(*) FROM temp.ilive WHERE ikey NOT IN (SELECT ikey FROM rows)"
+            staged = "ilive"
+        else:
+            self._stage("live", ["key"], ((self.codec.key_of(k),) for k in source_keys))
+            self._delete_missing_from("live", spool, digest, scope)
+            count_sql = "SELECT count(*) FROM temp.live WHERE key NOT IN (SELECT key FROM rows)"
+            staged = "live"
+        missing = self.db.execute(count_sql).fetchone()[0]
+        self.db.execute("DROP TABLE temp." + staged)
         if missing:
             rows = self.reader.rows_in_range(lo, hi) if scope != (None, None) else self.reader.rows()
             self._diff_into(spool, digest, rows, scope)
