@@ -141,6 +141,10 @@ def fresh_config(example: Path, root: str, agent_id: str, url: str = "", host_ke
     _set_key(lines, "platform", "identity_file", IDENTITY_FILE)
     _set_key(lines, "platform", "public_keys", PLATFORM_KEYS)
     text = "\n".join(lines)
+    # The unit loads /etc/edu-agent/credentials/ as a directory: file NAME is the credential
+    # "edu-agent_NAME" (LoadCredential=edu-agent:/etc/edu-agent/credentials).
+    credential = re.compile(r"^(\s*#?\s*\w+_credential:\s*)(?!edu-agent_)([A-Za-z0-9][\w.-]*)", re.M)
+    text = credential.sub(r"\1edu-agent_\2", text)
     if root not in ("", "/"):
         for prefix in ROOTED_PREFIXES:
             text = text.replace(prefix, root.rstrip("/") + prefix)

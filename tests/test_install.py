@@ -351,6 +351,9 @@ def test_fresh_config_takes_the_platform_answers_when_given(tmp_path: Path) -> N
     assert f'host_key: "{HOST_KEY}"' in text
     assert f"identity_file: {tmp_path}/etc/edu-agent/keys/ssh_ed25519" in text
     assert f"state_dir: {tmp_path}/var/lib/edu-agent" in text
+    # Credentials are named as the unit's directory LoadCredential= names them.
+    assert "password_credential: edu-agent_db-main" in text
+    assert "token_credential: edu-agent_metrics-token" in text
     # Every key the example has is still there, comments included.
     example = (REPO / "config.example.yaml").read_text()
     assert text.count("\n#") == example.count("\n#")
