@@ -43,6 +43,7 @@ EVENTS = frozenset(
         "resync.requested",
         "digest.mismatch",
         "verify.run",
+        "drift.detected",
     }
 )
 

@@ -95,6 +95,12 @@ class Runtime(Protocol):
     def send_report(self, report: QueuedReport) -> None:
         """Seal one queued document as a signed package and put it into ``outbox/``."""
 
+    def housekeeping(self, ctx: RunContext) -> None:
+        """Daemon mode, between runs: e.g. watch file subscriptions and handle local drift."""
+
+    def has_pending(self) -> bool:
+        """True when a background watcher queued work for the loop (wakes it from its sleep)."""
+
     def close(self) -> None: ...
 
 
@@ -209,6 +215,7 @@ class Daemon:
                 self.run_due()
                 if self._stop:
                     break
+                self._housekeeping()
                 self.maybe_heartbeat()
                 self.deliver_reports()
                 self._sleep(self._sleep_budget())
@@ -294,9 +301,15 @@ class Daemon:
             budget = min(budget, period)
         return budget
 
+    def _housekeeping(self) -> None:
+        try:
+            self.runtime.housekeeping(self.context())
+        except Exception:  # drift handling must never stop the sync loop
+            log.exception("housekeeping.failed")
+
     def _sleep(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
-        while not self._stop and not self._reload:
+        while not self._stop and not self._reload and not self.runtime.has_pending():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return

@@ -70,7 +70,11 @@ class Notifier:
         try:
             if self._sock is None:
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-            self._sock.sendto(payload, self._address)
+            # Never block the sync loop on the service manager: a full socket queue drops the message.
+            self._sock.sendto(payload, socket.MSG_DONTWAIT, self._address)
+        except BlockingIOError:
+            log.warning("notify.queue_full", dropped=lines[0].split("=", 1)[0])
+            return False
         except OSError as exc:
             log.warning("notify.send_failed", error=str(exc))
             return False

@@ -60,6 +60,15 @@ class Verified:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class Repaired:
+    """What undoing local drift did: restored from the cache, extra entries removed, to resend."""
+
+    repaired: list[str]
+    removed: list[str]
+    resend: list[str]
+
+
 class StoreRejected(Exception):
     """The store refused the package's content (schema, validation, unsafe path): quarantine it."""
 
@@ -108,6 +117,7 @@ class ShareAdapter:
         self.dirname = target.directory or entry.target_name or entry.subscription_id
         self.root = share.path
         self.target = f"{target.share_name}:{self.dirname}"
+        self._watcher: Any = None
         self.store = ShareStore(share.path, ShareModes(file_mode=share.file_mode, dir_mode=share.dir_mode),
                                 owner=share.owner, group=share.group, cache_dir=share.verified_cache,
                                 space_margin=share.free_space_margin)
@@ -144,6 +154,20 @@ class ShareAdapter:
                         expected_digest=expected, mismatched_files=[d.path for d in result.drift],
                         detail={"files": result.files, "drift": drift})
 
+    def watch(self, on_drift: Callable[[Any], None]) -> str:
+        """Start watching the subscription directory for local changes; returns the mode in use."""
+        from connectors.stores.shares.watch import DriftWatcher
+
+        if self._watcher is None:
+            self._watcher = DriftWatcher(self.store, self.dirname, on_drift)
+            self._watcher.start()
+        return f"{self._watcher.mode}: {self._watcher.reason}"
+
+    def repair(self, drift: list[Any]) -> Repaired:
+        """Undo local drift: from the verified cache where possible, else name files to resend."""
+        result = self.store.repair(self.dirname, drift)
+        return Repaired(list(result.repaired), list(result.removed), list(result.resend))
+
     def free_bytes(self) -> int | None:
         try:
             st = os.statvfs(self.root)
@@ -152,7 +176,9 @@ class ShareAdapter:
         return st.f_bavail * st.f_frsize
 
     def close(self) -> None:
-        pass
+        if self._watcher is not None:
+            self._watcher.stop()
+            self._watcher = None
 
 
 def open_store(target: Target, entry: SubscriptionEntry, config: AgentConfig,

@@ -22,6 +22,7 @@ import hashlib
 import io
 import json
 import os
+import queue
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -39,6 +40,7 @@ from agent.stores import (
     Applied,
     Position,
     Purged,
+    ShareAdapter,
     StoreAdapter,
     StoreFactory,
     StoreRejected,
@@ -123,6 +125,9 @@ class AgentRuntime:
         self.entries: dict[str, SubscriptionEntry] = {}
         self._inbox: list[PackageName] | None = None
         self._unreachable: str | None = None
+        self._drift: queue.Queue[tuple[str, Any]] = queue.Queue()  # filled by watcher threads
+        self._watching: set[str] = set()
+        self._last_drift: dict[str, tuple[tuple[str, str], ...]] = {}
         self.work_dir = self.state_dir / "incoming"
         self.quarantine_dir = self.state_dir / "quarantine"
 
@@ -478,6 +483,66 @@ class AgentRuntime:
                                                    sequence=header.sequence, target=purged.target,
                                                    rows=purged.rows, files=purged.files))
         log.warning("subscription.purged", subscription=sub_id, target=purged.target)
+
+    # -- local drift of file subscriptions ---------------------------------------------------
+    def housekeeping(self, ctx: RunContext) -> None:
+        """Between runs (daemon mode): watch file subscriptions that hold data; handle drift found."""
+        for sub_id, entry in self.entries.items():
+            if entry.provision_method != "file" or sub_id in self._watching:
+                continue
+            try:
+                adapter = self.store(sub_id)
+            except UnmappedSubscription:
+                continue
+            if isinstance(adapter, ShareAdapter) and adapter.position().sequence > 0:
+                mode = adapter.watch(self._drift_callback(sub_id))
+                self._watching.add(sub_id)
+                log.info("drift.watching", subscription=sub_id, mode=mode)
+        while True:
+            try:
+                sub_id, report = self._drift.get_nowait()
+            except queue.Empty:
+                return
+            self._handle_drift(sub_id, report, ctx)
+
+    def _drift_callback(self, sub_id: str) -> Callable[[Any], None]:
+        def on_drift(report: Any) -> None:  # runs on the watcher's thread: hand over, nothing else
+            self._drift.put((sub_id, report))
+
+        return on_drift
+
+    def has_pending(self) -> bool:
+        """Work arrived from a watcher thread: the loop should wake up."""
+        return not self._drift.empty()
+
+    def _handle_drift(self, sub_id: str, report: Any, ctx: RunContext) -> None:
+        adapter = self._stores.get(sub_id)
+        if not isinstance(adapter, ShareAdapter):
+            return
+        items = [{"path": d.path, "kind": d.kind, "expected": d.expected, "found": d.found}
+                 for d in report.items]
+        outcome = adapter.repair(report.items)
+        found = {i["path"]: i["found"] or "" for i in items}
+        signature = tuple(sorted((path, found.get(path, "")) for path in outcome.resend))
+        repeated = self._last_drift.get(sub_id) == signature
+        self._last_drift[sub_id] = signature
+        if repeated and not outcome.repaired and not outcome.removed:
+            return  # the same files still wait for the platform: already reported and requested
+        ctx.audit.record("drift.detected", subscription=sub_id, mode=report.mode, items=items[:100],
+                         repaired=outcome.repaired[:100], removed=outcome.removed[:100],
+                         resend=outcome.resend[:100])
+        listed = ", ".join(f"{i['kind']} {i['path']}" for i in items[:20])
+        message = (f"{len(items)} local change(s) in {adapter.target}: {listed}; "
+                   f"{len(outcome.repaired)} restored from the verified cache, {len(outcome.removed)} "
+                   f"removed, {len(outcome.resend)} to be resent")
+        ctx.queue.put(ctx.reports.error(subscription_id=sub_id, code="local_drift", message=message))
+        log.warning("drift.detected", subscription=sub_id, changes=len(items), resend=len(outcome.resend))
+        if outcome.resend:
+            ctx.state.update_subscription(sub_id, digest_match=False, mismatch=outcome.resend)
+            ctx.metrics.digest_match.labels(sub_id).set(0)
+            self._request_resend(sub_id, Verified(ok=False, local_digest=None, expected_digest=None,
+                                                  mismatched_files=outcome.resend),
+                                 "local drift without a verified cached copy", ctx)
 
     # -- reporting helpers ------------------------------------------------------------------
     def _report_once(self, ctx: RunContext, sub_id: str, code: str, message: str) -> None:

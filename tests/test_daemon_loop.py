@@ -82,6 +82,12 @@ class FileRuntime:
         outbox.mkdir(exist_ok=True)
         (outbox / report.path.name).write_text(json.dumps(report.document))
 
+    def housekeeping(self, ctx: RunContext) -> None:
+        pass
+
+    def has_pending(self) -> bool:
+        return False
+
     def close(self) -> None:
         pass
 

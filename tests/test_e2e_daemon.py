@@ -152,3 +152,39 @@ def test_no_subscription_list_yet_once_fails_clearly(tmp_path: Path) -> None:
     assert "control/ holds no subscription list yet" in done.stderr
     assert not list((site.state / "outqueue").iterdir())  # the heartbeat went out: the agent is alive
     assert any(d["type"] == "heartbeat" for d in site.outbox_documents())
+
+
+def test_local_drift_is_reported_and_repaired_through_the_platform(
+    running: tuple[Site, subprocess.Popen[str], NotifyListener, int],
+) -> None:
+    """A file changed and one planted in the share behind the agent's back: the drift watcher sees
+    it, the planted file is removed, the changed one is requested again and restored."""
+    site, proc, notify, _port = running
+    notify.wait_for("READY", "1", timeout=30)
+    target = site.share / "files"
+    _wait(lambda: (target / "a.txt").exists(), "the first apply")
+    time.sleep(1.0)  # the watcher starts after the first apply
+    (target / "a.txt").write_text("tampered\n")
+    (target / "planted.txt").write_text("not from the platform\n")
+
+    def requested() -> bool:
+        return any(d["type"] == "request" for d in site.outbox_documents())
+
+    _wait(requested, "the drift report and resend request", timeout=60)
+    docs = site.outbox_documents()
+    drift = next(d for d in docs if d["type"] == "error" and d["code"] == "local_drift")
+    assert "changed a.txt" in drift["message"] and "added planted.txt" in drift["message"]
+    request = next(d for d in docs if d["type"] == "request")
+    assert request["request"] == "resend_files" and request["files"] == ["a.txt"]
+    assert not (target / "planted.txt").exists()
+    time.sleep(3)  # the watcher sees the repair's own changes and re-checks: nothing new to report
+    docs = site.outbox_documents()
+    assert len([d for d in docs if d["type"] == "request"]) == 1
+    assert len([d for d in docs if d["type"] == "error" and d["code"] == "local_drift"]) == 1
+    site.publish()  # the platform honours the request
+    _wait(lambda: (target / "a.txt").read_text() == "a\n", "the resent file to be applied")
+    events = [json.loads(line) for line in (site.state / "audit.log").read_text().splitlines()]
+    detected = next(e for e in events if e["event"] == "drift.detected")
+    assert detected["resend"] == ["a.txt"] and detected["removed"] == ["planted.txt"]
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0

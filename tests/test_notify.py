@@ -103,3 +103,11 @@ def test_without_notify_socket_everything_is_a_noop() -> None:
 def test_vanished_socket_does_not_raise(tmp_path: Path) -> None:
     notifier = Notifier({"NOTIFY_SOCKET": str(tmp_path / "gone.sock")})
     assert notifier.ready() is False
+
+
+def test_a_listener_that_does_not_read_never_blocks_the_sender(listener: Listener) -> None:
+    notifier = Notifier({"NOTIFY_SOCKET": listener.env_value})
+    results = [notifier.status(f"line {i}") for i in range(500)]  # far beyond the socket queue
+    assert results[0] is True
+    assert results[-1] is False  # dropped, not blocked
+    assert listener.receive() == {"STATUS": "line 0"}
