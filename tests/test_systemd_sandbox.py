@@ -259,3 +259,52 @@ if __name__ == "__main__":
         args = args[2:]
         install_syscall_allow_list(allow_list)
     os.execv(args[0], args)  # noqa: S606 - the wrapped command, as systemd would
+
+
+# The unit's file-system view, approximated with a mount and PID namespace: the root file
+# system read-only (ProtectSystem=strict) except the agent's directory (ReadWritePaths=/
+# StateDirectory=), private /tmp and /var/tmp (PrivateTmp=), and /proc with only processes,
+# others' hidden (ProcSubset=pid, ProtectProc=invisible). ProtectHome= is left out: this
+# test's interpreter lives under /root.
+FILE_SYSTEM_VIEW = """
+set -e
+writable=$1; shift
+mount --bind "$writable" /mnt
+mount -t tmpfs -o mode=1777 tmpfs /tmp
+mount -t tmpfs -o mode=1777 tmpfs /var/tmp
+mount -o remount,bind,ro /
+mount -t proc -o subset=pid,hidepid=invisible proc /proc
+if touch /etc/edu-agent-sandbox-probe 2>/dev/null; then echo "root file system is writable" >&2; exit 99; fi
+test ! -e /proc/meminfo
+cd /mnt
+exec "$@"
+"""
+
+
+def test_the_demo_runs_in_the_units_whole_sandbox(tmp_path: Path) -> None:
+    """File-system view and seccomp filters together around `edu-agent demo`: the agent writes
+    nowhere but its own directories, and reads no /proc file outside its own process."""
+    if ctypes.util.find_library("seccomp") is None:
+        pytest.skip("libseccomp is not installed (it comes with systemd)")
+    unshare = shutil.which("unshare")
+    if os.geteuid() != 0 or unshare is None:
+        pytest.skip("needs root and unshare(1) to build mount namespaces")
+    probe = subprocess.run([unshare, "--mount", "true"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"mount namespaces are not permitted here: {probe.stderr.strip()}")
+    tool = shutil.which("systemd-analyze") or "/usr/bin/systemd-analyze"
+    writable = tmp_path / "rw"
+    writable.mkdir()
+    (writable / "allow.txt").write_text("\n".join(unit_allow_list(tool)))
+    wrapped = [sys.executable, __file__, "--syscalls", "/mnt/allow.txt", sys.executable, "-m", "agent.cli",
+               "demo", "--dir", "/mnt/demo", "--rows", "200"]  # fmt: skip
+    result = subprocess.run(
+        [unshare, "--mount", "--pid", "--fork", "--propagation", "private", "sh", "-c", FILE_SYSTEM_VIEW,
+         "sandbox", str(writable), *wrapped],
+        capture_output=True, text=True, timeout=300,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "demo succeeded" in result.stdout
+    assert (writable / "demo" / "agent" / "state").is_dir()  # it wrote where it may
