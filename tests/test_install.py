@@ -314,7 +314,9 @@ def test_install_enroll_upgrade_uninstall_purge(bundle: Path, tmp_path: Path, pl
     assert second.returncode == 0, second.stdout + second.stderr
     assert "keeping" in second.stdout
     new_release = edu_agent.resolve().parent.parent
-    assert new_release != old_release and old_release.is_dir()  # the previous one stays for rollback
+    assert new_release != old_release  # a new release, switched to atomically
+    # The previous one stays, runnable, for a rollback (docs/operations.md, "Recover").
+    assert run([old_release / "bin/edu-agent", "--version"]).returncode == 0
     after = digest_tree(etc, state)
     assert {k: v for k, v in after.items() if not k.endswith("config.example.yaml")} == {
         k: v for k, v in before.items() if not k.endswith("config.example.yaml")
