@@ -497,6 +497,7 @@ class AgentRuntime:
             if isinstance(adapter, ShareAdapter) and adapter.position().sequence > 0:
                 mode = adapter.watch(self._drift_callback(sub_id))
                 self._watching.add(sub_id)
+                ctx.state.set_meta(f"watch:{sub_id}", mode)  # shown by `edu-agent status`
                 log.info("drift.watching", subscription=sub_id, mode=mode)
         while True:
             try:

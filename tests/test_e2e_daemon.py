@@ -186,5 +186,9 @@ def test_local_drift_is_reported_and_repaired_through_the_platform(
     events = [json.loads(line) for line in (site.state / "audit.log").read_text().splitlines()]
     detected = next(e for e in events if e["event"] == "drift.detected")
     assert detected["resend"] == ["a.txt"] and detected["removed"] == ["planted.txt"]
+    status = subprocess.run([sys.executable, "-m", "agent.cli", "status", "-c", str(site.config), "--json"],
+                            cwd=ROOT, capture_output=True, text=True, check=False)
+    (sub,) = json.loads(status.stdout)["subscriptions"]
+    assert sub["drift_watch"].startswith("inotify")
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 0

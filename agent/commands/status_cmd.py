@@ -39,10 +39,13 @@ def collect(config_path: str) -> dict[str, Any]:
         quarantine = state.quarantined()
         config_digest = state.meta("config_digest")
         next_runs = _next_runs(state, config)
+        watch_modes = {r["subscription_id"]: state.meta(f"watch:{r['subscription_id']}") for r in rows}
     finally:
         state.close()
     for row in rows:
         row["next_run"] = next_runs.get(row["subscription_id"])
+        if row["kind"] == "file":
+            row["drift_watch"] = watch_modes.get(row["subscription_id"])
     queue_dir = state_dir / "outqueue"
     queue = ReportQueue(queue_dir) if queue_dir.is_dir() else None
     return {
@@ -109,6 +112,8 @@ def render(status: dict[str, Any]) -> str:
     for row in table:
         lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     for s in status["subscriptions"]:
+        if s.get("drift_watch"):
+            lines.append(f"  {s['subscription_id']}: drift watch {s['drift_watch']}")
         if s["state"] in ("error", "held") and (s["last_error"] or s["held_gap"]):
             lines.append(f"  {s['subscription_id']}: {s['last_error'] or ''} {s['held_gap'] or ''}".rstrip())
     if status["quarantine"]:
