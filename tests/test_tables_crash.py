@@ -70,7 +70,7 @@ def test_sigkill_at_random_points_never_loses_or_duplicates(db_url: str) -> None
         pid = os.fork()
         if pid == 0:  # pragma: no cover - child
             _child(db_url, packages)
-        time.sleep(rng.uniform(0.05, 0.6))
+        time.sleep(rng.uniform(0.03, 0.45))
         os.kill(pid, signal.SIGKILL)
         _, status = os.waitpid(pid, 0)
         if os.WIFSIGNALED(status):
