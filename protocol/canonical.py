@@ -675,6 +675,10 @@ def _decimal_regex(ctype: ColumnType) -> re.Pattern[str]:
 _TS_RE = r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}"
 
 
+_SEEN_LIMIT = 20_000
+"""Valid values remembered per column (low-cardinality columns only)."""
+
+
 class ColumnValidator:
     """Checks canonical text values of one column, a batch at a time.
 
@@ -684,6 +688,7 @@ class ColumnValidator:
 
     def __init__(self, column: ColumnSpec) -> None:
         self.column = column
+        self._seen: set[str] = set()
         ctype = column.type
         self._format = compile_format(column.format) if column.format else None
         family = ctype.family
@@ -718,7 +723,15 @@ class ColumnValidator:
             return values.index(None), "is NULL but the column is NOT NULL"
         if not present:
             return None
-        if self._batch_ok(present):
+        distinct = set(present)
+        distinct.difference_update(self._seen)
+        if not distinct:
+            return None
+        if self._batch_ok(list(distinct)):
+            # Low-cardinality columns (codes, departments, dates) repeat values: remember the
+            # valid ones (bounded) so later batches skip them. Validity is per value.
+            if len(distinct) * 8 <= len(present) and len(self._seen) < _SEEN_LIMIT:
+                self._seen.update(distinct)
             return None
         for index, value in enumerate(values):
             if value is not None:
