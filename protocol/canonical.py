@@ -934,10 +934,25 @@ def _parse_batch(records: list[str], numbers: list[int] | None, width: int, firs
                 number = numbers[index] if numbers is not None else first_line + index
                 raise RecordFormatError(f"record at line {number}: {exc}") from None
         raise  # pragma: no cover
-    result = []
+    result: list[Record] = []
+    append = result.append
+    count, quotes, separators = width + 1, 2 * width, width - 1
     for index, (fields, raw) in enumerate(zip(parsed, records, strict=True)):
         number = numbers[index] if numbers is not None else first_line + index
-        result.append(_record(fields, raw, width, number))
+        # Inline fast path: op unquoted, every field quoted, no quote inside any value (all
+        # quotes are the 2 * width around the fields), no empty value.
+        body = raw[2:]
+        if (
+            len(fields) == count
+            and (raw[:2] == "U," or raw[:2] == "D,")
+            and body.count('"') == quotes
+            and body.count('","') == separators
+            and body[:1] == '"' == body[-1:]
+            and "" not in fields
+        ):
+            append(Record(fields[0], fields[1:], body, number))  # type: ignore[arg-type]
+        else:
+            append(_record(fields, raw, width, number))
     return result
 
 
