@@ -141,6 +141,9 @@ class _Conn:
             driver_connection=types.SimpleNamespace(cursor=lambda: cursor)
         )
 
+    def exec_driver_sql(self, sql: str, params: Any = None) -> None:
+        self.log.append(("exec", sql, params))
+
 
 def test_delta_runs_merge_with_driver_values(dialect: OracleDialect) -> None:
     columns = columns_from_schema(STAFF_SCHEMA)
@@ -170,3 +173,13 @@ def test_snapshot_loader_inserts(dialect: OracleDialect) -> None:
     assert kind == "executemany" and sql.startswith('INSERT INTO "edu_sync_stage_x_0" ("GH", "XM"')
     assert "VALUES (:1, :2, :3, :4, :5, :6, :7, :8, :9)" in sql
     assert len(rows) == 3
+
+
+def test_snapshot_swap_statements(dialect: OracleDialect) -> None:
+    """Oracle/DM DDL commits implicitly: the store records an intent, then renames one table at a time."""
+    conn = _Conn()
+    dialect.rename_swap(conn, '教职工"x', "edu_sync_stage_a_0", "edu_sync_old_a_0", True)  # type: ignore[arg-type]
+    assert [sql for _, sql, _ in conn.log] == [
+        'ALTER TABLE "教职工""x" RENAME TO "edu_sync_old_a_0"',
+        'ALTER TABLE "edu_sync_stage_a_0" RENAME TO "教职工""x"',
+    ]
