@@ -286,3 +286,18 @@ def test_watcher_debounces_a_burst_of_changes_into_one_check(share: Path) -> Non
     assert len(reports.items) <= 2  # 20 files, 40+ events: one check (two if the burst straddled)
     reported = {d.path for r in reports.items for d in r.items}
     assert reported == {f"burst-{i:02d}.tmp" for i in range(20)}
+
+
+def test_a_very_deep_local_tree_is_reported_as_one_directory_and_removed(share: Path) -> None:
+    store = _store(share)
+    deep = share / "sub" / "deep"
+    path = deep
+    for i in range(60):
+        path = path / f"d{i}"
+    path.mkdir(parents=True)
+    (path / "bottom.txt").write_bytes(b"b")
+    drift = store.verify("sub").drift
+    (item,) = drift
+    assert item.kind == "added" and item.found == "a directory" and item.path.startswith("deep/d0/")
+    assert store.repair("sub", drift).removed[-1].endswith("bottom.txt")
+    assert store.verify("sub").match and not deep.exists()  # emptied parents pruned too

@@ -24,6 +24,7 @@ DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | getattr(os, "O_NOATIME", 0)
 CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 CHUNK = 1 << 20
+MAX_WALK_DEPTH = 40  # synced paths have at most 32 components (paths.MAX_DEPTH)
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
@@ -172,8 +173,14 @@ class Found:
     ino: int
 
 
-def walk(root_fd: int, *, skip_top: frozenset[str] = frozenset(), prefix: str = "") -> Iterator[Found]:
-    """Every non-directory entry below ``root_fd`` (symlinks reported, never followed)."""
+def walk(
+    root_fd: int, *, skip_top: frozenset[str] = frozenset(), prefix: str = "", depth: int = 0
+) -> Iterator[Found]:
+    """Every non-directory entry below ``root_fd`` (symlinks reported, never followed).
+
+    A directory deeper than any synced path can be (``MAX_WALK_DEPTH``) is reported itself
+    instead of descended into, so a hostile local tree cannot exhaust descriptors or the stack.
+    """
     with os.scandir(root_fd) as it:
         entries = sorted(it, key=lambda e: e.name)
     for entry in entries:
@@ -181,10 +188,10 @@ def walk(root_fd: int, *, skip_top: frozenset[str] = frozenset(), prefix: str = 
             continue
         st = entry.stat(follow_symlinks=False)
         rel = f"{prefix}{entry.name}"
-        if stat.S_ISDIR(st.st_mode):
+        if stat.S_ISDIR(st.st_mode) and depth < MAX_WALK_DEPTH:
             fd = open_dir_at(root_fd, entry.name, rel)
             try:
-                yield from walk(fd, prefix=rel + "/")
+                yield from walk(fd, prefix=rel + "/", depth=depth + 1)
             finally:
                 os.close(fd)
         else:
