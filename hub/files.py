@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from connectors.stores.shares.fileset import fileset_summary
-from connectors.stores.shares.manifest import Manifest, ManifestEntry, build_manifest
+from connectors.stores.shares.manifest import MAX_ENTRIES, Manifest, ManifestEntry, build_manifest
 from hub.catalog import Subscription
 from hub.state import PublishState
 
 BLOCK = 1 << 20
+MAX_ENTRIES_PER_PACKAGE = MAX_ENTRIES
 
 
 class FileCaptureError(RuntimeError):
@@ -73,18 +74,58 @@ def hash_file(path: Path) -> tuple[int, str]:
 
 
 @dataclass
-class FileChange:
+class FilePart:
+    """One package's worth of a change: its manifest and the set's summary after it."""
+
     manifest: Manifest
-    root: Path
     summary: dict[str, Any]  # fileset_summary of the resulting set: the header's expected_state
+
+
+def split_change(
+    current: list[ManifestEntry], previous: list[ManifestEntry] | None, limit: int
+) -> list[FilePart]:
+    """The change from ``previous`` (None: a snapshot) to ``current`` as packages of at most
+    ``limit`` entries or removals each (the agent refuses larger manifests).
+
+    A delta removes first, then adds/changes files in path order; a large snapshot is a snapshot
+    of the first ``limit`` files followed by deltas adding the rest. Every part carries the
+    digest of the set after it, so the agent verifies each step.
+    """
+    whole = build_manifest(current, previous)
+    if len(whole.entries) <= limit and len(whole.removed) <= limit:
+        return [FilePart(whole, fileset_summary(current))]
+    state = None if previous is None else {e.path: e for e in previous}
+    parts: list[FilePart] = []
+    if state is not None:
+        for start in range(0, len(whole.removed), limit):
+            gone = set(whole.removed[start : start + limit])
+            after = {p: e for p, e in state.items() if p not in gone}
+            parts.append(
+                FilePart(build_manifest(after.values(), state.values()), fileset_summary(after.values()))
+            )
+            state = after
+    for start in range(0, len(whole.entries), limit):
+        after = dict(state or {})
+        after.update((e.path, e) for e in whole.entries[start : start + limit])
+        before = None if state is None else state.values()
+        parts.append(FilePart(build_manifest(after.values(), before), fileset_summary(after.values())))
+        state = after
+    return parts
+
+
+@dataclass
+class FileChange:
+    manifest: Manifest  # the whole change
+    root: Path
+    parts: list[FilePart]  # one package each, in order
 
     @property
     def empty(self) -> bool:
         return not self.manifest.is_snapshot and not self.manifest.entries and not self.manifest.removed
 
-    def write_payload(self, writer: Any) -> None:
+    def write_payload(self, writer: Any, manifest: Manifest) -> None:
         """The entries' contents in manifest order, each re-hashed while it streams."""
-        for entry in self.manifest.entries:
+        for entry in manifest.entries:
             path = self.root / entry.path
             try:
                 fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
@@ -146,15 +187,17 @@ class FileCapture:
         previous = None
         if initialised and not snapshot:
             previous = [ManifestEntry(p, s, h) for p, (s, _m, h) in published.items()]
-        manifest = build_manifest(current, previous)
+        parts = split_change(current, previous, MAX_ENTRIES_PER_PACKAGE)
+        manifest = build_manifest(current, previous) if len(parts) > 1 else parts[0].manifest
         self.state.db.execute("DELETE FROM files")
         self.state.db.executemany(
             "INSERT INTO files (path, size, mtime_ns, sha256) VALUES (?, ?, ?, ?)", rows
         )
         self.state.put("files_initialised", True)
         self.state.put("fileset_digest", manifest.expected_digest)
-        return FileChange(manifest, self.root, fileset_summary(current))
+        return FileChange(manifest, self.root, parts)
 
     def snapshot_from_state(self) -> FileChange:
         entries = [ManifestEntry(p, s, h) for p, (s, _m, h) in self._published().items()]
-        return FileChange(build_manifest(entries, None), self.root, fileset_summary(entries))
+        parts = split_change(entries, None, MAX_ENTRIES_PER_PACKAGE)
+        return FileChange(build_manifest(entries, None), self.root, parts)

@@ -344,23 +344,25 @@ class Publisher:
             assert chosen is not None
             if chosen.empty:
                 continue
-            sequence = sequences.get(agent, (0, False))[0] + 1
-            manifest = chosen.manifest
-            self._write_package(
-                state,
-                agent,
-                sub.id,
-                sequence,
-                KIND_FILES,
-                chosen.write_payload,
-                catalog=sub.catalog.header_fields(),
-                schema=[],
-                counts={"files": len(manifest.entries), "files_removed": len(manifest.removed)},
-                expected_state=chosen.summary,
-                manifest=manifest.to_json(),
-                directory=INBOX,
-            )
-            result.packages.append((agent, sequence, KIND_FILES))
+            sequence = sequences.get(agent, (0, False))[0]
+            for part in chosen.parts:  # more than one only beyond the per-package entry limit
+                sequence += 1
+                manifest = part.manifest
+                self._write_package(
+                    state,
+                    agent,
+                    sub.id,
+                    sequence,
+                    KIND_FILES,
+                    lambda writer, m=manifest, c=chosen: c.write_payload(writer, m),
+                    catalog=sub.catalog.header_fields(),
+                    schema=[],
+                    counts={"files": len(manifest.entries), "files_removed": len(manifest.removed)},
+                    expected_state=part.summary,
+                    manifest=manifest.to_json(),
+                    directory=INBOX,
+                )
+                result.packages.append((agent, sequence, KIND_FILES))
 
     def _write_package(
         self,

@@ -103,7 +103,7 @@ def test_file_changed_while_publishing_aborts(tmp_path: Path) -> None:
             pass
 
     with pytest.raises(FileCaptureError, match="changed while it was being published"):
-        change.write_payload(Sink())
+        change.write_payload(Sink(), change.manifest)
     state.close()
 
 
@@ -125,3 +125,46 @@ def test_one_failing_subscription_does_not_stop_the_others(
     out = capsys.readouterr().out
     assert "broken: ERROR" in out and "docs: school-1#1 files" in out
     assert len(_packages(hub)) == 1
+
+
+def test_large_changes_split_and_apply_in_the_share_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Beyond the per-package entry limit a change becomes several packages, each verified by
+    the agent's real ShareStore (limit lowered to 2 so the test stays small)."""
+    import hub.files
+    from connectors.stores.shares.store import ShareStore
+
+    monkeypatch.setattr(hub.files, "MAX_ENTRIES_PER_PACKAGE", 2)
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(5):
+        (src / f"f{i}.txt").write_text(f"file {i}")
+    hub = HubFixture(tmp_path, ["school-1"])
+    hub.add_subscription(SUB.format(directory=src))
+    hub.publish()
+    (src / "f0.txt").unlink()
+    (src / "f1.txt").unlink()
+    (src / "f2.txt").unlink()
+    (src / "f4.txt").write_text("file 4, changed")
+    (src / "g.txt").write_text("new")
+    (src / "h.txt").write_text("new too")
+    hub.publish()
+    share = tmp_path / "share"
+    share.mkdir()
+    store = ShareStore(share)
+    trusted = {"platform": hub.platform.public_bundle()}
+    names, _ = sorted_packages(os.listdir(hub.inbox("school-1")))
+    manifests = []
+    for name in names:
+        path = hub.inbox("school-1") / name.filename
+        with open_package(path, trusted_senders=trusted, recipient=hub.agent_keys["school-1"]) as pkg:
+            manifests.append(pkg.header.manifest)
+            result = store.apply(pkg.header, pkg.plaintext(), "docs")
+        assert result.status == "applied" and result.match, result
+    # snapshot of 5 in 3 packages; then 3 removals (2 + 1), then 3 new/changed files (2 + 1)
+    assert [len(m["entries"]) for m in manifests] == [2, 2, 1, 0, 0, 2, 1]
+    assert [len(m["removed"]) for m in manifests] == [0, 0, 0, 2, 1, 0, 0]
+    assert manifests[0]["base_digest"] is None and all(m["base_digest"] for m in manifests[1:])
+    copied = {p.name: p.read_text() for p in (share / "docs").iterdir() if not p.name.startswith(".")}
+    assert copied == {p.name: p.read_text() for p in src.iterdir()}
