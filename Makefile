@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[postgresql,mysql,dev]'
+	$(BIN)/pip install -q -e '.[postgresql,mysql,dm,dev]'
 	touch $@
 
 venv: $(BIN)/.installed
