@@ -30,9 +30,11 @@ from typing import Any
 import yaml
 
 from hub.capture import TableCapture, TableChange
-from hub.catalog import Subscription
+from hub.catalog import CatalogError, Subscription
 from hub.files import FileCapture, FileChange
 from hub.registry import AgentRecord, Registry, RegistryError, now_utc
+from hub.reports import pending_requests
+from hub.rows import RowCodec
 from hub.sftp import SftpAccount, write_authorized_key
 from hub.source import TableReader
 from hub.state import PackageRecord, PublishState
@@ -116,8 +118,6 @@ class Publisher:
 
     # ------------------------------------------------------------------ subscriptions
     def put_subscription(self, path: Path) -> tuple[Subscription, bool]:
-        from hub.catalog import CatalogError
-
         try:
             document = Path(path).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
@@ -203,8 +203,6 @@ class Publisher:
         return results
 
     def publish_one(self, sub: Subscription, *, snapshot: bool = False) -> PublishResult:
-        from hub.reports import pending_requests
-
         state = PublishState(self.registry.state_path(sub.id))
         try:
             self.recover(state)
@@ -282,7 +280,7 @@ class Publisher:
             if chosen.empty:
                 continue
             sequence = sequences.get(agent, (0, False))[0] + 1
-            self._write_table_package(sub, state, agent, sequence, chosen, capture.published_count())
+            self._write_table_package(sub, state, agent, sequence, chosen)
             result.packages.append((agent, sequence, chosen.kind))
 
     def _write_table_package(
@@ -292,10 +290,7 @@ class Publisher:
         agent: str,
         sequence: int,
         change: TableChange,
-        rows: int,
     ) -> None:
-        from hub.rows import RowCodec
-
         expected = change.expected_state
         catalog = sub.catalog.header_fields()
         target = sub.target_for(agent)
