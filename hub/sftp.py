@@ -191,10 +191,16 @@ def apply_layout(specs: Iterable[PathSpec]) -> None:
 
 
 def useradd_command(account: SftpAccount) -> list[str]:
-    """The command that creates an agent's system user: no home, no shell, no password."""
+    """The command that creates an agent's system user: no home, no shell, no password.
+
+    The password field is ``*`` (no password) rather than useradd's default ``!`` (locked):
+    with ``UsePAM no`` sshd refuses even key logins for a locked account.
+    """
     return [
         "useradd",
         "--system",
+        "--password",
+        "*",
         "--no-create-home",
         "--home-dir",
         "/",

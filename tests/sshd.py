@@ -196,9 +196,6 @@ class SshdServer:
         useradd[-1:-1] = ["--comment", f"{_OWNER_TAG}{os.getpid()}"]  # options before the name
         _run(useradd)
         self._users_created.append(user)
-        # With UsePAM no, sshd treats a '!' (locked) password field as a locked account even for
-        # key logins; '*' means "no password" without the lock.
-        _run(["usermod", "--password", "*", user])
         apply_layout(chroot_layout(sftp, hub_user=self.hub_user))
         key_path = self.workdir / f"id_{agent_id}_{user}"
         if public_key is None:
