@@ -138,7 +138,8 @@ python=$py_version
 platform=${target_platform:-$("$python" -c 'import sysconfig; print(sysconfig.get_platform())')}
 commit=$commit
 EOF
-(cd "$bundle" && find . -type f ! -name SHA256SUMS -printf '%P\n' | LC_ALL=C sort | xargs -d '\n' sha256sum > SHA256SUMS)
+(cd "$bundle" && find . -type f -printf '%P\n' | LC_ALL=C sort | xargs -d '\n' sha256sum > "$work/SHA256SUMS")
+mv "$work/SHA256SUMS" "$bundle/SHA256SUMS"
 
 tar --sort=name --owner=0 --group=0 --numeric-owner --mtime="@${SOURCE_DATE_EPOCH:-0}" \
     -C "$out" -czf "$out/$name.tar.gz" "$name"

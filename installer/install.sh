@@ -170,7 +170,8 @@ else
     [ -z "$agent_id$platform_url$host_key" ] \
         || echo "install: note: --agent-id/--platform-url/--host-key only shape a new config; edit $config"
 fi
-eval "$("${helper[@]}" paths "$config")"
+keys_dir='' transport='' identity_file=''  # (and state_dir, public_keys, share_dirs)
+eval "$("${helper[@]}" paths "$config")"  # sets agent_id (the config's wins), keys_dir, ...
 [ -n "$agent_id" ] || die "$config has no agent.id"
 
 if [ -n "$platform_keys" ]; then
@@ -241,7 +242,8 @@ if [ "$packaged" = 0 ]; then
     ln -sfn "$opt/current/bin/edu-agent" "$root/usr/local/bin/edu-agent"
 fi
 # Keep the newest three releases (the one just installed and two to roll back to).
-ls -1dt "$opt"/releases/*/ 2>/dev/null | tail -n +4 | xargs -r rm -rf
+find "$opt/releases" -mindepth 1 -maxdepth 1 -type d -printf '%T@ %p\n' | sort -rn | tail -n +4 \
+    | cut -d' ' -f2- | xargs -r -d '\n' rm -rf
 
 # ---------------------------------------------------------------- check and start
 check=0
