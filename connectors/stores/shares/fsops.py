@@ -83,6 +83,24 @@ def fsync_fd(fd: int) -> None:
     os.fsync(fd)
 
 
+_SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>: start writeback of dirty pages, do not wait
+_sync_file_range = getattr(_libc, "sync_file_range", None)
+if _sync_file_range is not None:
+    _sync_file_range.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    _sync_file_range.restype = ctypes.c_int
+
+
+def start_writeback(fd: int, offset: int = 0, length: int = 0) -> None:
+    """Ask the kernel to start writing ``length`` bytes at ``offset`` (0: to the end) to disk now.
+
+    Not a durability step (fsync/syncfs still are): it only lets the device work while we
+    decrypt and hash the next bytes, instead of leaving all of it to one final flush. Where
+    the call is unsupported it does nothing.
+    """
+    if _sync_file_range is not None:
+        _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+
+
 def syncfs(fd: int) -> None:
     """Flush the whole filesystem holding ``fd``: one barrier for many written files."""
     if _libc.syncfs(fd) != 0:
