@@ -18,7 +18,7 @@ PG_URL = os.environ.get("EDU_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.
 MYSQL_URL = os.environ.get("EDU_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
 REQUIRE_SERVICES = os.environ.get("EDU_REQUIRE_SERVICES") == "1"
 
-pytest_plugins = ["tests.sshd"]
+pytest_plugins = ["tests.sshd", "tests.logging_isolation"]
 
 
 def service_unavailable(what: str, exc: BaseException) -> None:
