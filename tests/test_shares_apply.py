@@ -577,3 +577,51 @@ def test_payload_reader_reads_exact_counts_and_forwards_errors(prefetch: bool) -
     endless = (b"y" * 1024 for _ in iter(int, 1))
     with PayloadReader(endless, prefetch=prefetch) as reader:  # closing stops the producer
         assert len(reader.read(5)) == 5
+
+
+def test_writeback_is_started_over_each_staged_file_and_the_barrier_still_follows(
+    share: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``start_writeback`` covers every byte once, in order; the fsync/syncfs barrier is still made."""
+    from connectors.stores.shares import fsops
+    from connectors.stores.shares import store as store_module
+
+    calls: list[tuple[str, int, int]] = []
+    real = fsops.start_writeback
+
+    def recording(fd: int, offset: int = 0, length: int = 0) -> None:
+        calls.append(("writeback", offset, length))
+        real(fd, offset, length)
+
+    real_syncfs, real_fsync = fsops.syncfs, os.fsync
+
+    def syncfs(fd: int) -> None:
+        calls.append(("syncfs", 0, 0))
+        real_syncfs(fd)
+
+    def fsync(fd: int) -> None:
+        calls.append(("fsync", 0, 0))
+        real_fsync(fd)
+
+    monkeypatch.setattr(fsops, "start_writeback", recording)
+    monkeypatch.setattr(fsops, "syncfs", syncfs)
+    monkeypatch.setattr(os, "fsync", fsync)
+    step = store_module.WRITEBACK_STEP
+    big = os.urandom(1024) * (2 * step // 1024 + 1)  # two full steps and a 1 KiB tail
+
+    # Few files: each gets an fsync, so only the periodic ranges are started before it.
+    header, payload = files_package({"big.bin": big}, sequence=1)
+    assert ShareStore(share, space_margin=0).apply(header, [payload], "sub").match
+    started = [c for c in calls if c[0] == "writeback"]
+    assert started == [("writeback", 0, step), ("writeback", step, step)]
+    assert ("fsync", 0, 0) in calls[calls.index(started[-1]) :]
+
+    # One syncfs for all files: every file's tail is handed to writeback, then the barrier.
+    calls.clear()
+    files = {"big.bin": big, "s1.txt": b"one", "s2.txt": b"two" * 1000}
+    header, payload = files_package(files, {"big.bin": big}, sequence=2)
+    assert ShareStore(share, space_margin=0, durability="syncfs").apply(header, [payload], "sub").match
+    started = [c for c in calls if c[0] == "writeback"]
+    assert sorted(started) == sorted([("writeback", 0, 3), ("writeback", 0, 3000)])
+    assert calls.index(("syncfs", 0, 0)) > max(calls.index(c) for c in started)
+    assert tree(share / "sub") == files
