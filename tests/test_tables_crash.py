@@ -11,6 +11,7 @@ import signal
 import time
 
 import pytest
+import sqlalchemy as sa
 
 from connectors.stores.tables import TableStore
 from tests.tables_helpers import Source, staff_row, stream, table_contents
@@ -60,23 +61,64 @@ def _child(url: str, packages: list[tuple[object, bytes]]) -> None:
         os._exit(3)
 
 
+CHILD_APP = "edu_crash_child"
+
+
+def _child_url(url: str) -> str:
+    """PostgreSQL sessions of the child are tagged so that the parent can wait for them."""
+    if url.startswith("postgresql"):
+        return (
+            sa.make_url(url)
+            .update_query_dict({"application_name": CHILD_APP})
+            .render_as_string(hide_password=False)
+        )
+    return url
+
+
+def _wait_for_orphaned_sessions(url: str) -> None:
+    """A killed client's server session may still be finishing its statement (even COMMIT):
+    wait until it is gone, so that the check reads a settled database."""
+    if url.startswith("sqlite"):
+        return
+    engine = sa.create_engine(url)
+    query = (
+        f"SELECT COUNT(*) FROM pg_stat_activity WHERE application_name = '{CHILD_APP}'"
+        if url.startswith("postgresql")
+        else "SELECT COUNT(*) FROM information_schema.PROCESSLIST "
+        "WHERE DB = DATABASE() AND ID <> CONNECTION_ID()"
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with engine.connect() as conn:
+                if not conn.exec_driver_sql(query).scalar():
+                    return
+            time.sleep(0.02)
+        raise AssertionError("the killed child's database session did not end")
+    finally:
+        engine.dispose()
+
+
 @pytest.mark.slow
 def test_sigkill_at_random_points_never_loses_or_duplicates(db_url: str) -> None:
     packages, states = _packages(seed=hash(db_url) & 0xFFFF)
     schema = packages[0][0].schema  # type: ignore[attr-defined]
     rng = random.Random(7)
     killed_mid_stream = 0
+    window, sequence = 0.45, 0  # kill window, adapted so that a run spans about 1-3 packages
     for run in range(RUNS):
+        before = sequence
         pid = os.fork()
         if pid == 0:  # pragma: no cover - child
-            _child(db_url, packages)
-        time.sleep(rng.uniform(0.03, 0.45))
+            _child(_child_url(db_url), packages)
+        time.sleep(rng.uniform(0.03, window))
         os.kill(pid, signal.SIGKILL)
         _, status = os.waitpid(pid, 0)
         if os.WIFSIGNALED(status):
             killed_mid_stream += 1
         else:
             assert os.WEXITSTATUS(status) == 0, f"child failed in run {run}"
+        _wait_for_orphaned_sessions(db_url)
         store = TableStore(db_url)
         try:
             store.recover()
@@ -88,6 +130,10 @@ def test_sigkill_at_random_points_never_loses_or_duplicates(db_url: str) -> None
         assert contents == states[sequence], (
             f"run {run}: table differs from the source at sequence {sequence}"
         )
+        if not os.WIFSIGNALED(status) or sequence - before > 3:
+            window = max(0.05, window * 0.6)
+        elif sequence == before:
+            window = min(3.0, window * 1.15)
     assert killed_mid_stream >= RUNS * 0.8, "too few kills landed while packages were being applied"
     store = TableStore(db_url)
     try:
