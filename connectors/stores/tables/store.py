@@ -658,8 +658,14 @@ class TableStore:
                 "local_summary": result.local_digest,
                 "expected_summary": result.expected_digest,
             }
-            with conn.begin():
-                write_state(conn, header.subscription, pending=intent, pending_digest=digest.to_bytes())
+            try:
+                with conn.begin():
+                    self._check_position_unchanged(conn, header.subscription, header.sequence)
+                    write_state(conn, header.subscription, pending=intent, pending_digest=digest.to_bytes())
+            except TableEnvironmentError:
+                conn.exec_driver_sql(f"DROP TABLE {q(staging)}", ())
+                conn.commit()
+                raise
             self.dialect.rename_swap(conn, table, staging, old, live_exists)
             conn.commit()
             state = read_state(conn, header.subscription)
