@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 from hub.sftp import AGENT_ID_PATTERN
+from protocol import canonical
 
 FREQUENCIES = ("实时", "每时", "每天", "每周", "每月", "自定义")
 SCOPES = ("全学段", "学前", "小学", "中学", "高中", "中职", "高校")
@@ -36,12 +37,6 @@ SUBSCRIPTION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")  # protocol.la
 IDENTIFIER = re.compile(r"^[^\x00-\x1f\x7f]{1,128}$")
 # 机构名称-数据基本信息: an institution, a hyphen, the data description; both non-blank.
 RESOURCE_NAME = re.compile(r"^[^\s\-－][^\-－]*[-－][^\s\-－].*$")
-DECLARED_TYPE = re.compile(
-    r"^(VARCHAR2|NVARCHAR2|VARCHAR|NVARCHAR|CHAR|NCHAR|NUMBER|NUMERIC|DECIMAL|INTEGER|INT|BIGINT|"
-    r"SMALLINT|FLOAT|DOUBLE|DATE|DATETIME|TIMESTAMP|TIME|CLOB|NCLOB|TEXT|BLOB|BYTEA|BOOLEAN)"
-    r"(\(\s*\d+\s*(,\s*-?\d+\s*)?\))?$",
-    re.IGNORECASE,
-)
 
 
 class CatalogError(ValueError):
@@ -151,11 +146,11 @@ class Column(_Strict):
     @field_validator("type")
     @classmethod
     def _declared(cls, value: str) -> str:
-        if not DECLARED_TYPE.match(value):
-            raise ValueError(
-                f"unknown declared type {value!r} (expected e.g. VARCHAR2(50), NUMBER(10,2), DATE)"
-            )
-        return value.upper().replace(" ", "")
+        """Accept exactly what every agent can apply: the shared parser decides, not a copy of it."""
+        try:
+            return canonical.parse_type(value).declared
+        except canonical.TypeSpecError as exc:
+            raise ValueError(f"{exc} (expected e.g. VARCHAR2(50), NUMBER(10,2), DATE)") from None
 
 
 FilterOp = Literal["=", "!=", "<", "<=", ">", ">=", "in", "not_in", "is_null", "not_null", "like"]

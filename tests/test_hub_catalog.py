@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from hub.catalog import CatalogError, parse_subscription
 from hub.cli import main as hub_main
 from hub.files import glob_regex, selected
+from protocol.canonical import parse_type
 from tests.test_hub_common import HubFixture, subscription_text
 
 GOOD = subscription_text("sqlite:///x.db")
@@ -82,6 +83,10 @@ def test_good_file_parses() -> None:
         ("  topic: 教师主题库\n", "", "catalog.topic", "Field required"),
         ("  scope: 高校", "  scope: ''", "catalog.scope", "at least 1 character"),
         ("type: VARCHAR2(50)}", "type: VARCHAR9(50)}", "dictionary.1.type", "unknown declared type"),
+        # the agent's protocol.canonical has no TIME: a package carrying it would be quarantined
+        ("type: VARCHAR2(50)}", "type: TIME}", "dictionary.1.type", "unknown declared type 'TIME'"),
+        ("type: VARCHAR2(50)}", "type: VARCHAR2(0)}", "dictionary.1.type", "VARCHAR2(0)"),
+        ("type: VARCHAR2(50)}", "type: TIMESTAMP WITH ZONE}", "dictionary.1.type", "TIMESTAMP WITH ZONE"),
         ('op: "=", value: active', 'op: "=", values: [a]', "source.filter.0", "exactly one 'value'"),
         ('op: "="', "op: drop", "source.filter.0.op", "'='"),
         ("  - agent: school-1", "  - agent: School 1", "subscribers.0.agent", "pattern"),
@@ -96,6 +101,36 @@ def test_errors_name_file_line_and_field(old: str, new: str, field: str, message
     assert error.startswith("sub.yaml:"), error
     line = _line_of(text, new.strip() or "catalog:")
     assert any(part.startswith(f"sub.yaml:{line}:") for part in error.splitlines()), (line, error)
+
+
+@pytest.mark.parametrize(
+    ("written", "header"),
+    [
+        ("TIMESTAMP WITH TIME ZONE", "TIMESTAMP WITH TIME ZONE"),
+        ("timestamp(3)  with  local time zone", "TIMESTAMP(3) WITH LOCAL TIME ZONE"),
+        ("varchar2(50 char)", "VARCHAR2(50 CHAR)"),
+        ("NUMBER(10,2)", "NUMBER(10,2)"),
+    ],
+)
+def test_declared_type_reaches_the_header_as_the_agent_reads_it(written: str, header: str) -> None:
+    """The hub keeps the provider's spelling (normalised only as protocol.canonical does)."""
+    sub = parse_subscription(GOOD.replace("type: VARCHAR2(50)}", f"type: '{written}'}}"), "sub.yaml")
+    declared = sub.dictionary_json()[1]["type"]
+    assert declared == header
+    assert parse_type(declared).declared == header  # what every agent applies
+
+
+def test_subscription_add_refuses_a_type_the_agent_cannot_apply(tmp_path: Path, capsys: Any) -> None:
+    hub = HubFixture(tmp_path, ["school-1"])
+    bad = tmp_path / "time.yaml"
+    text = GOOD.replace("type: VARCHAR2(50)}", "type: TIME}")
+    bad.write_text(text, encoding="utf-8")
+    assert hub_main(["subscription", "add", str(hub.root), "--file", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}:{_line_of(text, 'type: TIME}')}: dictionary.1.type: " in err, err
+    assert not (hub.root / "exchange/school-1/control").exists() or not any(
+        (hub.root / "exchange/school-1/control").glob("subscriptions.*")
+    )
 
 
 def test_structural_errors() -> None:
