@@ -265,13 +265,20 @@ if __name__ == "__main__":
 # system read-only (ProtectSystem=strict) except the agent's directory (ReadWritePaths=/
 # StateDirectory=), private /tmp and /var/tmp (PrivateTmp=), and /proc with only processes,
 # others' hidden (ProcSubset=pid, ProtectProc=invisible). ProtectHome= is left out: this
-# test's interpreter lives under /root.
+# test's interpreter lives under /root. A checkout under /tmp (a CI clone, say) is carried into
+# the private /tmp read-only, as /opt/edu-agent stays visible to the real unit.
 FILE_SYSTEM_VIEW = """
 set -e
-writable=$1; shift
+writable=$1; project=$2; shift 2
 mount --bind "$writable" /mnt
+case "$project" in /tmp/*|/var/tmp/*) mount --bind "$project" /mnt/.project ;; esac
 mount -t tmpfs -o mode=1777 tmpfs /tmp
 mount -t tmpfs -o mode=1777 tmpfs /var/tmp
+case "$project" in /tmp/*|/var/tmp/*)
+    mkdir -p "$project"
+    mount --move /mnt/.project "$project"
+    mount -o remount,bind,ro "$project" ;;
+esac
 mount -o remount,bind,ro /
 mount -t proc -o subset=pid,hidepid=invisible proc /proc
 if touch /etc/edu-agent-sandbox-probe 2>/dev/null; then echo "root file system is writable" >&2; exit 99; fi
@@ -279,6 +286,9 @@ test ! -e /proc/meminfo
 cd /mnt
 exec "$@"
 """
+
+
+PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_the_demo_runs_in_the_units_whole_sandbox(tmp_path: Path) -> None:
@@ -295,15 +305,16 @@ def test_the_demo_runs_in_the_units_whole_sandbox(tmp_path: Path) -> None:
     tool = shutil.which("systemd-analyze") or "/usr/bin/systemd-analyze"
     writable = tmp_path / "rw"
     writable.mkdir()
+    (writable / ".project").mkdir()
     (writable / "allow.txt").write_text("\n".join(unit_allow_list(tool)))
     wrapped = [sys.executable, __file__, "--syscalls", "/mnt/allow.txt", sys.executable, "-m", "agent.cli",
                "demo", "--dir", "/mnt/demo", "--rows", "200"]  # fmt: skip
     result = subprocess.run(
         [unshare, "--mount", "--pid", "--fork", "--propagation", "private", "sh", "-c", FILE_SYSTEM_VIEW,
-         "sandbox", str(writable), *wrapped],
+         "sandbox", str(writable), PROJECT, *wrapped],
         capture_output=True, text=True, timeout=300,
-        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-        env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))},
+        cwd=PROJECT,
+        env={**os.environ, "PYTHONPATH": PROJECT},
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "demo succeeded" in result.stdout
