@@ -31,7 +31,7 @@ class Position:
 class Applied:
     """What a store reports after handling one package (docs/hub.md apply_receipt fields)."""
 
-    result: str  # applied | skipped | held
+    result: str  # applied | skipped (already applied, or revoked: nothing applied) | held
     rows_upserted: int = 0
     rows_deleted: int = 0
     files: int = 0
@@ -224,9 +224,17 @@ class TableAdapter:
             result = self.store.apply(header, plaintext, self.table)
         except PackageRejected as exc:
             raise StoreRejected(str(exc), _code(exc), type(exc).__name__) from exc
-        status = {"applied": "applied", "skipped": "skipped", "held": "held"}.get(result.status, "applied")
-        return Applied(result=status, rows_upserted=result.rows_upserted, rows_deleted=result.rows_deleted,
-                       local_digest=_hex(result.local_digest), expected_digest=_hex(result.expected_digest),
+        if result.status == "revoked":
+            # A revocation: the store keeps only a tombstone. Nothing was applied; the purge has its
+            # own deletion receipt, so this package is acknowledged as skipped and claims no rows.
+            purged = f"subscription revoked ({result.rows_deleted} rows purged); nothing applied"
+            return Applied(result="skipped", detail=purged)
+        if result.status not in ("applied", "skipped", "held"):
+            # never default to "applied": an outcome we do not know is a bug, not a success
+            raise RuntimeError(f"table store returned an unknown outcome {result.status!r}")
+        return Applied(result=result.status, rows_upserted=result.rows_upserted,
+                       rows_deleted=result.rows_deleted, local_digest=_hex(result.local_digest),
+                       expected_digest=_hex(result.expected_digest),
                        digest_match=result.match, mismatched_buckets=list(result.mismatched_buckets),
                        detail=result.reason)
 
