@@ -223,8 +223,17 @@ class SftpTransport(Transport):
                 f"the pinned key is {_describe(self._pinned)} (a changed server key or an impostor)"
             )
 
+    def _connected(self) -> bool:
+        """Whether the SFTP session still works. The transport alone is not enough: after the
+        server drops the connection paramiko may report it active for a moment while the SFTP
+        channel is already closed (and every request on it fails with "Socket is closed")."""
+        if self._sftp is None or self._ssh is None or not self._ssh.is_active():
+            return False
+        channel = self._sftp.get_channel()
+        return channel is not None and not channel.closed
+
     def _client(self) -> paramiko.SFTPClient:
-        if self._sftp is not None and self._ssh is not None and self._ssh.is_active():
+        if self._sftp is not None and self._connected():
             return self._sftp
         self._drop()
         return self._connect()
@@ -250,7 +259,7 @@ class SftpTransport(Transport):
         ):
             return True
         # An SFTP status (no such file, permission denied) arrives as OSError on a live connection.
-        return isinstance(exc, OSError) and (self._ssh is None or not self._ssh.is_active())
+        return isinstance(exc, OSError) and not self._connected()
 
     def _translate(self, what: str, exc: BaseException) -> TransportError:
         if isinstance(exc, TransportError):
@@ -400,31 +409,43 @@ class SftpTransport(Transport):
 
         def run(sftp: paramiko.SFTPClient) -> None:
             tmp = self._abs(str(temporary_name(target)))
+            # Remembered before the first byte goes out and forgotten only once it is gone: after a
+            # dropped connection paramiko may still report the transport active for a moment, so
+            # whether the remove below can work is only known by trying it.
+            self._orphans.append(tmp)
             try:
                 self._upload(sftp, local, tmp)
                 try:
                     sftp.posix_rename(tmp, final)
                 except OSError:
-                    if self._ssh is None or not self._ssh.is_active():
+                    if not self._connected():
                         raise
                     sftp.rename(tmp, final)  # a server without the posix-rename extension
             except BaseException:
-                if self._ssh is not None and self._ssh.is_active():
-                    with contextlib.suppress(Exception):
-                        sftp.remove(tmp)
-                else:
-                    self._orphans.append(tmp)  # the connection broke: remove it once back
+                self._remove_orphan(sftp, tmp)
                 raise
-            self._remove_orphans(sftp)
+            self._orphans.remove(tmp)  # renamed: it is the target now
+            for orphan in list(self._orphans):
+                if not self._remove_orphan(sftp, orphan):
+                    break  # the connection failed again: keep the rest for the next upload
 
         self._retrying(f"put {remote}", run)
 
-    def _remove_orphans(self, sftp: paramiko.SFTPClient) -> None:
-        """Temporaries of uploads whose connection broke (readers skip them; this tidies up)."""
-        while self._orphans:
-            with contextlib.suppress(OSError):
-                sftp.remove(self._orphans[-1])
-            self._orphans.pop()
+    def _remove_orphan(self, sftp: paramiko.SFTPClient, tmp: str) -> bool:
+        """Remove a temporary of an upload that did not complete; forget it only once it is gone.
+
+        Readers skip temporary names, so one left behind is untidy, not wrong: any failure here
+        keeps it for the next successful upload rather than masking why the upload failed.
+        Returns False when the connection itself failed (no point trying the others on it)."""
+        try:
+            sftp.remove(tmp)
+        except FileNotFoundError:
+            pass  # never created (the open failed) or already gone
+        except Exception as exc:
+            log.info("sftp.temporary_kept", file=tmp, error=f"{type(exc).__name__}: {exc}")
+            return not self._is_connection_failure(exc)
+        self._orphans.remove(tmp)
+        return True
 
     def _upload(self, sftp: paramiko.SFTPClient, local: Path, tmp: str) -> None:
         try:
