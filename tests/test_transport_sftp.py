@@ -284,6 +284,45 @@ def test_put_survives_a_dropped_connection(
     assert os.listdir(sftp_account.path("outbox")) == ["report"]  # and now it is gone
 
 
+def test_a_temporary_that_could_not_be_removed_goes_with_the_next_upload(
+    sshd: SshdServer, sftp_account: Account, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed upload whose temporary cannot be removed at once (the remove itself fails) must
+    not forget it: the next successful upload removes it."""
+    import io
+
+    import paramiko
+
+    import connectors.transports.sftp as sftp_module
+
+    local = tmp_path / "report"
+    local.write_bytes(os.urandom(100_000))
+    real_upload, real_remove = sftp_module.upload, paramiko.SFTPClient.remove
+    removes_refused: list[str] = []
+
+    def half_then_refused(sftp: Any, path: str, source: Any, *args: Any) -> int:
+        real_upload(sftp, path, io.BytesIO(source.read(1000)), *args)  # the temporary exists
+        raise PermissionError(13, "Permission denied")
+
+    def remove_refused_once(self: paramiko.SFTPClient, path: str) -> None:
+        if not removes_refused:
+            removes_refused.append(path)
+            raise OSError("Socket is closed")
+        real_remove(self, path)
+
+    monkeypatch.setattr(paramiko.SFTPClient, "remove", remove_refused_once)
+    with SftpTransport(settings(sshd, sftp_account)) as transport:
+        monkeypatch.setattr(sftp_module, "upload", half_then_refused)
+        with pytest.raises(TransportError, match="permission denied"):
+            transport.put(local, "outbox/report")
+        left = os.listdir(sftp_account.path("outbox"))
+        assert len(left) == 1 and is_temp_name(left[0]) and removes_refused[0].endswith(left[0])
+        monkeypatch.setattr(sftp_module, "upload", real_upload)
+        transport.put(local, "outbox/report")
+    assert sftp_account.path("outbox", "report").read_bytes() == local.read_bytes()
+    assert os.listdir(sftp_account.path("outbox")) == ["report"]
+
+
 def test_backoff_is_bounded_when_the_server_stays_down(sshd: SshdServer, sftp_account: Account) -> None:
     sshd.stop()
     sleep = SleepRecorder()
