@@ -65,6 +65,12 @@ class SqlDialect(ABC):
     def column_list(self, columns: Sequence[ColumnSpec], prefix: str = "") -> str:
         return ", ".join(prefix + self.quote(c.name) for c in columns)
 
+    def insert_sql(self, table: str, columns: Sequence[ColumnSpec]) -> str:
+        return (
+            f"INSERT INTO {self.quote(table)} ({self.column_list(columns)}) "
+            f"VALUES ({self.placeholders(len(columns))})"
+        )
+
     def key_match(self, keys: Sequence[ColumnSpec], left: str, right: str) -> str:
         return " AND ".join(f"{left}.{self.quote(c.name)} = {right}.{self.quote(c.name)}" for c in keys)
 
@@ -168,6 +174,25 @@ class SnapshotLoader(ABC):
 
     def abort(self, exc: BaseException) -> None:  # noqa: B027 - optional hook
         """Give up after an error (the transaction is rolled back by the caller)."""
+
+
+class ExecutemanyLoader(SnapshotLoader):
+    """A plain ``INSERT`` through the driver's ``executemany``, one call per batch.
+
+    PyMySQL folds it into multi-row statements; sqlite3 and the Oracle/DM drivers bind
+    arrays natively, so no dialect needs more than this for staging a snapshot.
+    """
+
+    def __init__(
+        self, dialect: SqlDialect, conn: Connection, table: str, columns: Sequence[ColumnSpec]
+    ) -> None:
+        self.dialect = dialect
+        self.cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        self.binders = [dialect.binder(c.type) for c in columns]
+        self.sql = dialect.insert_sql(table, columns)
+
+    def load(self, batch: Batch) -> None:
+        self.cursor.executemany(self.sql, self.dialect.bound_rows(batch, self.binders))
 
 
 class DeltaApplier(ABC):

@@ -21,6 +21,7 @@ from connectors.stores.tables.dialects.base import (
     Batch,
     Binder,
     DeltaApplier,
+    ExecutemanyLoader,
     SnapshotLoader,
     SqlDialect,
     chunks,
@@ -90,7 +91,7 @@ class MySQLDialect(SqlDialect):
             )
 
     def snapshot_loader(self, conn: Connection, table: str, columns: Sequence[ColumnSpec]) -> SnapshotLoader:
-        return _Loader(self, conn, table, columns)
+        return ExecutemanyLoader(self, conn, table, columns)
 
     def delta_applier(self, conn: Connection, table: str, columns: Sequence[ColumnSpec]) -> DeltaApplier:
         return _Delta(self, conn, table, columns)
@@ -103,23 +104,6 @@ class MySQLDialect(SqlDialect):
         else:
             conn.exec_driver_sql(f"RENAME TABLE {q(staging)} TO {q(live)}", ())
 
-
-class _Loader(SnapshotLoader):
-    """PyMySQL's ``executemany`` folds an ``INSERT ... VALUES`` into multi-row statements."""
-
-    def __init__(
-        self, dialect: MySQLDialect, conn: Connection, table: str, columns: Sequence[ColumnSpec]
-    ) -> None:
-        self.dialect = dialect
-        self.cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        self.binders = [dialect.binder(c.type) for c in columns]
-        self.sql = (
-            f"INSERT INTO {dialect.quote(table)} ({dialect.column_list(columns)}) "
-            f"VALUES ({dialect.placeholders(len(columns))})"
-        )
-
-    def load(self, batch: Batch) -> None:
-        self.cursor.executemany(self.sql, self.dialect.bound_rows(batch, self.binders))
 
 
 class _Delta(DeltaApplier):

@@ -21,6 +21,7 @@ from connectors.stores.tables.dialects.base import (
     Batch,
     Binder,
     DeltaApplier,
+    ExecutemanyLoader,
     SnapshotLoader,
     SqlDialect,
     chunks,
@@ -72,7 +73,7 @@ class OracleDialect(SqlDialect):
         return lambda text: to_python(text, ctype)
 
     def snapshot_loader(self, conn: Connection, table: str, columns: Sequence[ColumnSpec]) -> SnapshotLoader:
-        return _Loader(self, conn, table, columns)
+        return ExecutemanyLoader(self, conn, table, columns)
 
     def delta_applier(self, conn: Connection, table: str, columns: Sequence[ColumnSpec]) -> DeltaApplier:
         return _Merge(self, conn, table, columns)
@@ -95,11 +96,6 @@ class OracleDialect(SqlDialect):
         condition = " AND ".join(f"{self.quote(c.name)} = {self.placeholder(i)}" for i, c in enumerate(keys))
         return f"DELETE FROM {self.quote(table)} WHERE {condition}"
 
-    def insert_sql(self, table: str, columns: Sequence[ColumnSpec]) -> str:
-        return (
-            f"INSERT INTO {self.quote(table)} ({self.column_list(columns)}) "
-            f"VALUES ({self.placeholders(len(columns))})"
-        )
 
 
 class DMDialect(OracleDialect):
@@ -114,18 +110,6 @@ class DMDialect(OracleDialect):
             return sa.types.VARBINARY(ctype.length)  # DM spells RAW as VARBINARY
         return super().column_type(ctype)
 
-
-class _Loader(SnapshotLoader):
-    def __init__(
-        self, dialect: OracleDialect, conn: Connection, table: str, columns: Sequence[ColumnSpec]
-    ) -> None:
-        self.dialect, self.conn = dialect, conn
-        self.binders = [dialect.binder(c.type) for c in columns]
-        self.sql = dialect.insert_sql(table, columns)
-
-    def load(self, batch: Batch) -> None:
-        cursor = self.conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        cursor.executemany(self.sql, self.dialect.bound_rows(batch, self.binders))
 
 
 class _Merge(DeltaApplier):

@@ -18,6 +18,7 @@ from connectors.stores.tables.dialects.base import (
     Batch,
     Binder,
     DeltaApplier,
+    ExecutemanyLoader,
     SnapshotLoader,
     SqlDialect,
     chunks,
@@ -64,26 +65,11 @@ class SQLiteDialect(SqlDialect):
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     def snapshot_loader(self, conn: Connection, table: str, columns: Sequence[ColumnSpec]) -> SnapshotLoader:
-        return _Loader(self, conn, table, columns)
+        return ExecutemanyLoader(self, conn, table, columns)
 
     def delta_applier(self, conn: Connection, table: str, columns: Sequence[ColumnSpec]) -> DeltaApplier:
         return _Delta(self, conn, table, columns)
 
-
-class _Loader(SnapshotLoader):
-    def __init__(
-        self, dialect: SQLiteDialect, conn: Connection, table: str, columns: Sequence[ColumnSpec]
-    ) -> None:
-        self.dialect, self.columns = dialect, columns
-        self.cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        self.binders = [dialect.binder(c.type) for c in columns]
-        self.sql = (
-            f"INSERT INTO {dialect.quote(table)} ({dialect.column_list(columns)}) "
-            f"VALUES ({dialect.placeholders(len(columns))})"
-        )
-
-    def load(self, batch: Batch) -> None:
-        self.cursor.executemany(self.sql, self.dialect.bound_rows(batch, self.binders))
 
 
 class _Delta(DeltaApplier):
