@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.exitcodes import FAILURE, OK, USAGE
+from agent.logsetup import configure_logging
 from hub.catalog import CatalogError
 from hub.registry import Registry, RegistryError
 from hub.sftp import SftpAccount, SftpConfigError, render_sshd_config
@@ -224,6 +225,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Library logs (SQLAlchemy, paramiko) go through the agent's redacting pipeline too.
+    configure_logging("info", "auto", stream=sys.stderr)
     try:
         code: int = args.func(args)
         return code
