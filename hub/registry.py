@@ -12,18 +12,18 @@ Layout of a hub directory (created by ``edu-hub init``)::
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
 import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hub.catalog import CatalogError, Subscription, parse_subscription
 from hub.sftp import check_agent_id, system_user
+from hub.state import immediate_transaction
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS agents (
@@ -88,15 +88,8 @@ class Registry:
     def close(self) -> None:
         self.db.close()
 
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.db
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
+    def transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return immediate_transaction(self.db)
 
     # ------------------------------------------------------------------ paths
     @property

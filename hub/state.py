@@ -14,6 +14,7 @@ second scan of the source, so every subscriber of a subscription sees the same r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -59,6 +60,18 @@ CREATE TABLE IF NOT EXISTS requests (request_id TEXT PRIMARY KEY, agent TEXT NOT
 """
 
 
+
+@contextmanager
+def immediate_transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """``BEGIN IMMEDIATE`` … ``COMMIT`` on an autocommit connection, rolled back on any error."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
 @dataclass(frozen=True)
 class PackageRecord:
     package_id: str
@@ -90,16 +103,9 @@ class PublishState:
     def close(self) -> None:
         self.db.close()
 
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
         """One write transaction; BEGIN IMMEDIATE also serialises concurrent publishers."""
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.db
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
+        return immediate_transaction(self.db)
 
     # ------------------------------------------------------------------ meta
     def get(self, key: str) -> Any:
