@@ -105,7 +105,6 @@ class MySQLDialect(SqlDialect):
             conn.exec_driver_sql(f"RENAME TABLE {q(staging)} TO {q(live)}", ())
 
 
-
 class _Delta(DeltaApplier):
     def __init__(
         self, dialect: MySQLDialect, conn: Connection, table: str, columns: Sequence[ColumnSpec]

@@ -97,7 +97,6 @@ class OracleDialect(SqlDialect):
         return f"DELETE FROM {self.quote(table)} WHERE {condition}"
 
 
-
 class DMDialect(OracleDialect):
     """达梦 DM8: Oracle-compatible SQL (MERGE, dual, RENAME), via dmSQLAlchemy."""
 
@@ -109,7 +108,6 @@ class DMDialect(OracleDialect):
         if ctype.family is Family.BINARY and ctype.length is not None and ctype.length <= 2000:
             return sa.types.VARBINARY(ctype.length)  # DM spells RAW as VARBINARY
         return super().column_type(ctype)
-
 
 
 class _Merge(DeltaApplier):

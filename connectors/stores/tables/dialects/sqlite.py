@@ -71,7 +71,6 @@ class SQLiteDialect(SqlDialect):
         return _Delta(self, conn, table, columns)
 
 
-
 class _Delta(DeltaApplier):
     def __init__(
         self, dialect: SQLiteDialect, conn: Connection, table: str, columns: Sequence[ColumnSpec]
