@@ -115,6 +115,12 @@ class LtHash:
         result.counts -= other.counts
         return result
 
+    def replace_buckets(self, other: LtHash, buckets: Iterable[int]) -> None:
+        """Take ``other``'s lanes and counts for ``buckets`` (a bucket resend); the rest stay."""
+        chosen = sorted(set(buckets))
+        self.lanes[chosen] = other.lanes[chosen]
+        self.counts[chosen] = other.counts[chosen]
+
     def copy(self) -> LtHash:
         result = LtHash()
         result.lanes[:] = self.lanes

@@ -9,6 +9,7 @@ language.  A reader re-encodes the parsed header and rejects it unless the bytes
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections.abc import Mapping
@@ -47,6 +48,7 @@ MAX_MANIFEST_BYTES = 2 * 1024 * 1024
 MAX_EXPECTED_STATE_BYTES = 256 * 1024
 MAX_SAFE_INTEGER = 2**53 - 1
 MAX_DEPTH = 32  # nesting of JSON values; deeper input is refused, never recursed into
+DIGEST_BUCKETS = 256  # protocol.digest.BUCKETS (not imported: the header module stays numpy-free)
 PLAINTEXT_BYTES = "plaintext_bytes"
 
 _COUNT_KEY_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
@@ -147,6 +149,8 @@ class PackageHeader:
     payload: PayloadInfo
     key_wrap: KeyWrap
     raw: bytes = field(repr=False, compare=False)
+    replace_buckets: tuple[int, ...] | None = None
+    """Optional, table deltas only: the digest buckets whose rows this package replaces."""
 
     @property
     def plaintext_bytes(self) -> int:
@@ -183,6 +187,28 @@ def check_object(value: Any, name: str, cap: int | None = None) -> dict[str, Any
         if size > cap:
             raise InvalidFieldError(f"{name} is {size} bytes of canonical JSON; the cap is {cap}")
     return dict(value)
+
+
+def validate_replace_buckets(value: Any, kind: str, builds_on: int | None) -> tuple[int, ...]:
+    """``replace_buckets``: a non-empty, strictly ascending list of digest buckets (0..255),
+    allowed only on a ``delta`` that builds on a position (it replaces rows the recipient has)."""
+    if kind != KIND_DELTA:
+        raise InvalidFieldError(f"replace_buckets is only allowed on a delta package, not on {kind!r}")
+    if builds_on is None:
+        raise InvalidFieldError("replace_buckets needs builds_on: it replaces buckets of an existing state")
+    if not isinstance(value, (list, tuple)) or not value:
+        raise InvalidFieldError(f"replace_buckets must be a non-empty list of bucket numbers, got {value!r}")
+    for item in value:
+        if isinstance(item, bool) or not isinstance(item, int) or not 0 <= item < DIGEST_BUCKETS:
+            raise InvalidFieldError(
+                f"replace_buckets: {item!r} is not a digest bucket (an integer 0..{DIGEST_BUCKETS - 1})"
+            )
+    for before, after in itertools.pairwise(value):
+        if after <= before:
+            raise InvalidFieldError(
+                f"replace_buckets must be strictly ascending (no repeats): {before} then {after}"
+            )
+    return tuple(value)
 
 
 # ------------------------------------------------------------------------------ parsing
@@ -296,6 +322,12 @@ def parse_header(raw: bytes, data: Mapping[str, Any]) -> PackageHeader:
     sender, sender_key_id, recipient, recipient_key_id = parse_identity(data)
     created = parse_time(data.get("created"), "created")
     expires = parse_time(data.get("expires"), "expires")
+    replace_buckets = None
+    if "replace_buckets" in data:
+        try:
+            replace_buckets = validate_replace_buckets(data["replace_buckets"], kind, builds_on)
+        except InvalidFieldError as exc:
+            raise HeaderFormatError(f"header field {exc}") from exc
     return PackageHeader(
         suite=peek_suite(data),
         package_id=package_id,
@@ -325,4 +357,5 @@ def parse_header(raw: bytes, data: Mapping[str, Any]) -> PackageHeader:
             wrapped_key=_get_b64(key_wrap, "wrapped_key", 48),
         ),
         raw=raw,
+        replace_buckets=replace_buckets,
     )

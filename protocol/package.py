@@ -86,6 +86,7 @@ from protocol.header import (
     parse_time,
     peek_suite,
     validate_counts,
+    validate_replace_buckets,
 )
 from protocol.keys import PartyKeys, PublicBundle
 from protocol.layout import new_package_id, temp_name, validate_id, validate_package_id, validate_sequence
@@ -198,6 +199,7 @@ class PackageWriter:
         counts: Mapping[str, int] | None = None,
         expected_state: Mapping[str, Any] | None = None,
         manifest: Mapping[str, Any] | None = None,
+        replace_buckets: Sequence[int] | None = None,
         expires: datetime | timedelta = DEFAULT_TTL,
         created: datetime | None = None,
         package_id: str | None = None,
@@ -248,6 +250,8 @@ class PackageWriter:
             "catalog": catalog,
             "schema": list(schema),
         }
+        if replace_buckets is not None:  # absent unless set: every other header keeps its bytes
+            self._fields["replace_buckets"] = list(validate_replace_buckets(replace_buckets, kind, builds_on))
         self._sender = sender
         self._counts: dict[str, int] = {}
         self._expected_state: dict[str, Any] | None = None
