@@ -24,6 +24,7 @@ from typing import IO, Any, Protocol
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from connectors.stores.tables.buckets import apply_bucket_delta, replaced_buckets
 from connectors.stores.tables.dialects import Batch, DeltaApplier, SnapshotLoader, SqlDialect, dialect_for
 from connectors.stores.tables.errors import (
     DigestMismatch,
@@ -226,6 +227,7 @@ class TableStore:
             )
         if header.kind not in (KIND_SNAPSHOT, KIND_DELTA):
             raise UnsupportedPackage(f"a table store cannot apply a {header.kind!r} package")
+        buckets = replaced_buckets(header)  # a bucket resend (connectors/stores/tables/buckets.py)
         try:
             columns = columns_from_schema(header.schema or [])
         except CanonicalError as exc:
@@ -261,7 +263,10 @@ class TableStore:
         else:
             if added:
                 self._add_columns(subscription, table, columns, added)
-            self._delta(header, plaintext, table, columns, result, expected)
+            if buckets is None:
+                self._delta(header, plaintext, table, columns, result, expected)
+            else:
+                apply_bucket_delta(self, header, plaintext, table, columns, result, expected, buckets)
         return result
 
     def verify(self, subscription_id: str) -> VerifyResult:
@@ -756,16 +761,21 @@ class TableStore:
                 applier.deleted,
                 digest.rows,
             )
-            local = digest.summary()
-            result.local_digest = local
-            result.expected_digest = dict(expected) if expected else None
-            if expected is not None:
-                try:
-                    result.mismatched_buckets = mismatched_buckets(local, expected)
-                except DigestError as exc:
-                    raise UnsupportedPackage(f"expected_state: {exc}") from exc
-                result.match = not result.mismatched_buckets
+            self._record_delta_digest(result, digest, expected)
             self._commit_position(conn, header, table, columns, digest, result)
+
+    @staticmethod
+    def _record_delta_digest(result: ApplyResult, digest: LtHash, expected: Mapping[str, Any] | None) -> None:
+        """The digest after a delta, against the signed one: a mismatch is reported, not refused."""
+        local = digest.summary()
+        result.local_digest = local
+        result.expected_digest = dict(expected) if expected else None
+        if expected is not None:
+            try:
+                result.mismatched_buckets = mismatched_buckets(local, expected)
+            except DigestError as exc:
+                raise UnsupportedPackage(f"expected_state: {exc}") from exc
+            result.match = not result.mismatched_buckets
 
     # ---------------------------------------------------------------- helpers
     def _check_position_unchanged(self, conn: Connection, subscription: str, sequence: int) -> None:
