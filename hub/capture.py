@@ -31,6 +31,7 @@ from hub.rows import RowCodec, StateDigest
 from hub.source import TableReader
 from hub.state import PublishState
 from protocol import canonical
+from protocol.digest import bucket_of
 
 INSERT_BATCH = 5000
 _NOT_STAGED = {  # published rows whose key is not in a staged temporary table
@@ -79,10 +80,12 @@ class TableChange:
     deletes: int
     plaintext_bytes: int
     expected_state: dict[str, Any]
+    replace_buckets: tuple[int, ...] | None = None  # a resend of these digest buckets
 
     @property
     def empty(self) -> bool:
-        return self.kind == "delta" and self.upserts == 0 and self.deletes == 0
+        """Nothing to send. A bucket resend never is: even without rows it deletes the agent's."""
+        return self.kind == "delta" and not self.replace_buckets and self.upserts == 0 and self.deletes == 0
 
 
 # --------------------------------------------------------------- cursor values in the state DB
@@ -244,6 +247,24 @@ class TableCapture:
         for (line,) in self.db.execute("SELECT line FROM rows ORDER BY key"):
             spool.upsert(line)
         return spool.finish("snapshot", self._digest().summary())
+
+    # ---------------------------------------------------------- named buckets from the published state
+    def buckets_from_state(self, spool_path: Path, buckets: Iterable[int]) -> TableChange:
+        """Every published row whose key is in one of ``buckets`` (a resend_buckets request).
+
+        The published state is the reference the expected digest describes (as for a resync
+        snapshot), so the rows and the digest agree whatever the source did since. One pass over
+        the published keys: the bucket is a hash of the canonical key (``protocol.digest``), which
+        SQL cannot compute, so each key is hashed here; only the matching lines are kept.
+        """
+        wanted = frozenset(buckets)
+        spool = _Spool(spool_path)
+        for key, line in self.db.execute("SELECT key, line FROM rows ORDER BY key"):
+            if bucket_of(key.encode("utf-8")) in wanted:
+                spool.upsert(line)
+        change = spool.finish("delta", self._digest().summary())
+        change.replace_buckets = tuple(sorted(wanted))
+        return change
 
     # ---------------------------------------------------------- delta
     def delta(self, spool_path: Path) -> TableChange:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,6 +39,7 @@ from hub.rows import RowCodec
 from hub.sftp import SftpAccount, write_authorized_key
 from hub.source import TableReader
 from hub.state import PackageRecord, PublishState
+from protocol.digest import BUCKETS
 from protocol.header import KIND_FILES, KIND_REVOKE, KIND_SUBSCRIPTIONS
 from protocol.keys import PartyKeys, PublicBundle, load_keys
 from protocol.layout import (
@@ -52,6 +54,8 @@ from protocol.layout import (
 from protocol.package import PackageWriter
 
 COPY_BLOCK = 1 << 20
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -229,9 +233,7 @@ class Publisher:
     ) -> None:
         sequences = state.all_sequences()
         active = [s.agent for s in sub.subscribers if not sequences.get(s.agent, (0, False))[1]]
-        resync = {agent for agent, _rid, req in requests if req["request"] != "resend_files"}
-        for agent, request_id, _req in requests:
-            state.mark_request(request_id, agent, now_utc())
+        resync, resend, buckets = self._sort_requests(sub, active, requests)
         plain_files: list[Path] = []
         fingerprint = sub.capture_fingerprint()
         if state.get("capture_fingerprint") not in (None, fingerprint):
@@ -239,13 +241,58 @@ class Publisher:
         state.put("capture_fingerprint", fingerprint)
         try:
             if sub.catalog.provision_method == "table":
-                self._publish_table(sub, state, snapshot, active, sequences, resync, result, plain_files)
+                self._publish_table(
+                    sub, state, snapshot, active, sequences, resync, buckets, result, plain_files
+                )
             else:
-                resend = {agent for agent, _rid, req in requests if req["request"] == "resend_files"}
                 self._publish_files(sub, state, snapshot, active, sequences, resync | resend, result)
         finally:
             for path in plain_files:
                 path.unlink(missing_ok=True)
+        for agent, request_id, _req in requests:
+            state.mark_request(request_id, agent, now_utc())
+
+    @staticmethod
+    def _sort_requests(
+        sub: Subscription, active: list[str], requests: list[tuple[str, str, dict[str, Any]]]
+    ) -> tuple[set[str], set[str], dict[str, set[int]]]:
+        """(agents to resync, agents asking for files again, digest buckets to resend per agent).
+
+        A request from an agent that no longer receives the subscription (removed or revoked)
+        is ignored. ``resend_buckets`` of a table subscription names the buckets to replace; one
+        without a usable bucket list is answered with a snapshot, as is ``resync``, which also
+        wins over any bucket request of the same agent. File subscriptions resend a snapshot.
+        """
+        resync: set[str] = set()
+        resend: set[str] = set()
+        buckets: dict[str, set[int]] = {}
+        table = sub.catalog.provision_method == "table"
+        for agent, request_id, req in requests:
+            kind = req["request"]
+            if agent not in active:
+                log.warning(
+                    "request %s (%s) from agent %s ignored: the agent no longer receives subscription %s",
+                    request_id,
+                    kind,
+                    agent,
+                    sub.id,
+                )
+                continue
+            named = _named_buckets(req.get("buckets"))
+            if kind == "resend_buckets" and table and named:
+                buckets.setdefault(agent, set()).update(named)
+                continue
+            if kind == "resend_buckets" and table:
+                log.warning(
+                    "request %s from agent %s names no valid digest buckets (%r): sending a snapshot",
+                    request_id,
+                    agent,
+                    req.get("buckets"),
+                )
+            (resend if kind == "resend_files" else resync).add(agent)
+        for agent in resync:
+            buckets.pop(agent, None)
+        return resync, resend, buckets
 
     def _publish_table(
         self,
@@ -255,12 +302,24 @@ class Publisher:
         active: list[str],
         sequences: dict[str, tuple[int, bool]],
         resync: set[str],
+        buckets: dict[str, set[int]],
         result: PublishResult,
         plain_files: list[Path],
     ) -> None:
         reader = TableReader(sub)
         try:
             capture = TableCapture(sub, state, reader)
+            if not snapshot and capture.initialised:
+                # Before the capture: the named buckets as published so far (what the agent's
+                # position describes); this run's delta then follows on top of it.
+                for agent in active:
+                    if agent in buckets and agent in sequences:
+                        part = capture.buckets_from_state(self._spool(sub.id, "buckets"), buckets[agent])
+                        plain_files.append(part.plaintext)
+                        sequence = sequences[agent][0] + 1
+                        self._write_table_package(sub, state, agent, sequence, part)
+                        sequences[agent] = (sequence, False)
+                        result.packages.append((agent, sequence, "buckets"))
             if snapshot or not capture.initialised:
                 change = capture.snapshot(self._spool(sub.id, "snapshot"))
             else:
@@ -315,6 +374,7 @@ class Publisher:
             expected_state=expected,
             manifest=None,
             directory=INBOX,
+            replace_buckets=change.replace_buckets,
         )
 
     def _publish_files(
@@ -374,6 +434,7 @@ class Publisher:
         expected_state: dict[str, Any] | None,
         manifest: dict[str, Any] | None,
         directory: str,
+        replace_buckets: tuple[int, ...] | None = None,
     ) -> str:
         """Write one package into the spool and record it as pending (inside the state transaction)."""
         package_id = new_package_id()
@@ -398,6 +459,7 @@ class Publisher:
             counts=counts,
             expected_state=expected_state,
             manifest=manifest,
+            replace_buckets=replace_buckets,
         ) as writer:
             body(writer)
         digest = None
@@ -482,6 +544,13 @@ class Publisher:
         finally:
             state.close()
         return written
+
+
+def _named_buckets(value: Any) -> set[int]:
+    """The digest buckets a request names (empty if it names none or any entry is not a bucket)."""
+    if not isinstance(value, list) or not all(type(b) is int and 0 <= b < BUCKETS for b in value):
+        return set()
+    return set(value)
 
 
 def _peek_id(document: str) -> str | None:

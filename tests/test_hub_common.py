@@ -126,6 +126,13 @@ class ReplayAgent:
                 assert header.kind == "delta" and header.builds_on == self.sequence
             columns = canonical.columns_from_schema(header.schema)
             keys = [i for i, c in enumerate(columns) if c.primary_key]
+            if header.replace_buckets:  # a bucket resend: the package is the whole of those buckets
+                replaced = set(header.replace_buckets)
+                self.rows = {
+                    k: v
+                    for k, v in self.rows.items()
+                    if table_digest.bucket_of(k.encode("utf-8")) not in replaced
+                }
             for record in canonical.iter_records([data], len(columns)):
                 key = canonical.encode_values([record.values[i] for i in keys])
                 if record.op == "U":

@@ -203,8 +203,9 @@ def test_requests_are_honoured_once(tmp_path: Path, sqlite_url: str) -> None:
     )
     # a forged request (signed by another agent) is ignored
     _send(hub, "lag-2", {**request, "request_id": "r3"}, kind="request", seq=3, signer=hub.agent_keys["ok-1"])
-    hub.publish()
-    assert asking.catch_up() == 1 and asking.headers[-1].kind == "snapshot"
+    hub.publish()  # only the genuine request: a resend of bucket 3, no snapshot
+    assert asking.catch_up() == 1 and asking.headers[-1].kind == "delta"
+    assert asking.headers[-1].replace_buckets == (3,)
     hub.publish()
     assert asking.catch_up() == 0
     assert asking.table() == quiet.table() == source_state(sqlite_url)
