@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from decimal import Context, Decimal, InvalidOperation
-from typing import IO, Any, ClassVar
+from typing import IO, Any, ClassVar, NamedTuple
 
 from protocol.errors import ProtocolError
 
@@ -857,11 +857,36 @@ def iter_records(stream: IO[bytes] | Iterable[bytes], width: int) -> Iterator[Re
         yield from batch
 
 
+class RawBatch(NamedTuple):
+    """Complete records of a chunk, not yet parsed: what a worker process is sent.
+
+    ``records`` hold the record text without its terminator; ``numbers`` the payload line
+    each starts on (None when every record is one line, counting from ``first_line``).
+    """
+
+    records: list[str]
+    numbers: list[int] | None
+    first_line: int
+
+    def line_of(self, index: int) -> int:
+        return self.numbers[index] if self.numbers is not None else self.first_line + index
+
+
 def iter_record_batches(stream: IO[bytes] | Iterable[bytes], width: int) -> Iterator[list[Record]]:
     """Like :func:`iter_records`, a decoded chunk (about 64 KiB) at a time.
 
     The C ``csv`` reader parses a whole chunk's records in one call; Python only checks
     each record's quoting (NULL vs ``""``) with one regex in the common case.
+    """
+    for raw in iter_raw_batches(stream):
+        yield parse_raw_batch(raw, width)
+
+
+def iter_raw_batches(stream: IO[bytes] | Iterable[bytes]) -> Iterator[RawBatch]:
+    """Frame the payload into complete records (a quoted value may span lines), unparsed.
+
+    Framing is cheap and sequential; :func:`parse_raw_batch` is the costly part and can run
+    anywhere, in any order (a store spreads it over worker processes).
     """
     chunks: Iterable[bytes]
     if hasattr(stream, "read"):
@@ -884,7 +909,7 @@ def iter_record_batches(stream: IO[bytes] | Iterable[bytes], width: int) -> Iter
             pending = carry + "\n" + pending
         line += text.count("\n", 0, cut + 1) - (carry.count("\n") + 1 if carry is not None else 0)
         if records:
-            yield _parse_batch(records, numbers, width, first_line)
+            yield RawBatch(records, numbers, first_line)
     if pending:
         if pending.count('"') % 2:
             raise RecordFormatError(f"record at line {line}: unterminated quoted field")
@@ -921,9 +946,11 @@ _ROW_RE = re.compile(_FIELD + r"(?:," + _FIELD + r")*")
 """Every field quoted or empty: the canonical encoding's shape (the C csv reader does the rest)."""
 
 
-def _parse_batch(records: list[str], numbers: list[int] | None, width: int, first_line: int) -> list[Record]:
+def parse_raw_batch(batch: RawBatch, width: int) -> list[Record]:
+    """Parse framed records of ``width`` values; raises RecordFormatError naming the line."""
     import csv
 
+    records, numbers, first_line = batch
     try:
         parsed = list(csv.reader(records, strict=True))
     except csv.Error:
@@ -1048,6 +1075,7 @@ __all__ = [
     "ColumnValidator",
     "Family",
     "InvalidValueError",
+    "RawBatch",
     "Record",
     "RecordFormatError",
     "TypeSpecError",
@@ -1061,8 +1089,10 @@ __all__ = [
     "format_decimal",
     "format_float",
     "format_timestamp",
+    "iter_raw_batches",
     "iter_records",
     "key_indexes",
+    "parse_raw_batch",
     "parse_type",
     "quote",
     "to_python",

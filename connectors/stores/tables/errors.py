@@ -15,6 +15,7 @@ Two families, because the caller must treat them differently:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 
 class TableStoreError(Exception):
@@ -46,6 +47,10 @@ class RowRejected(PackageRejected):
         where = f" (payload line {line})" if line is not None else ""
         super().__init__(f"row with key {self.key!r}{where}, column {column!r}: {reason}")
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # raised in row-check worker processes and re-raised in the store: must pickle
+        return (_row_rejected, (self.key, self.column, self.reason, self.line))
+
 
 class SchemaIncompatible(PackageRejected):
     """The header's schema cannot be applied to the existing table without altering or losing data."""
@@ -57,6 +62,9 @@ class DigestMismatch(PackageRejected):
     def __init__(self, message: str, buckets: Sequence[int]) -> None:
         self.buckets = list(buckets)
         super().__init__(message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (DigestMismatch, (self.args[0], self.buckets))
 
 
 class SubscriptionRevoked(PackageRejected):
@@ -73,3 +81,7 @@ class TableEnvironmentError(TableStoreError):
 
 class UnsupportedDatabase(TableEnvironmentError):
     """The SQLAlchemy URL names a database the store has no dialect for."""
+
+
+def _row_rejected(key: Sequence[str | None], column: str, reason: str, line: int | None) -> RowRejected:
+    return RowRejected(key, column, reason, line=line)

@@ -29,7 +29,6 @@ from connectors.stores.tables.dialects import Batch, DeltaApplier, SnapshotLoade
 from connectors.stores.tables.errors import (
     DigestMismatch,
     PayloadMalformed,
-    RowRejected,
     SchemaIncompatible,
     SubscriptionRevoked,
     TableEnvironmentError,
@@ -37,6 +36,7 @@ from connectors.stores.tables.errors import (
     UnsupportedPackage,
 )
 from connectors.stores.tables.names import check_name, internal_name
+from connectors.stores.tables.rowcheck import KeyRegister, RowChecker, RowPipeline, add_upserts
 from connectors.stores.tables.schema import (
     added_columns,
     build_table,
@@ -57,13 +57,12 @@ from connectors.stores.tables.state import (
 from protocol.canonical import (
     CanonicalError,
     ColumnSpec,
-    ColumnValidator,
+    RawBatch,
     Record,
     RecordFormatError,
     canonicalizer,
     columns_from_schema,
-    encode_values,
-    iter_records,
+    iter_raw_batches,
     key_indexes,
 )
 from protocol.digest import BATCH, DigestError, LtHash, mismatched_buckets, row_item
@@ -425,77 +424,28 @@ class TableStore:
     def _batches(
         self, plaintext: IO[bytes] | Iterable[bytes], columns: Sequence[ColumnSpec], kind: str
     ) -> Iterator[Batch]:
-        """Validated batches of records; raises RowRejected / PayloadMalformed."""
-        validators = [ColumnValidator(c) for c in columns]
-        key_positions = key_indexes(columns)
-        key_validators = [validators[i] for i in key_positions]
-        seen: set[int] | None = set() if kind == KIND_DELTA else None
+        """Validated batches of records, checked in this process (small repair packages)."""
+        checker = RowChecker(columns, kind)
+        unique = KeyRegister(kind)
         pending: list[Record] = []
         try:
-            for record in iter_records(plaintext, len(columns)):
-                pending.append(record)
+            for raw in iter_raw_batches(plaintext):
+                pending.extend(checker.parse(raw))
                 if len(pending) >= BATCH:
-                    yield self._check(pending, columns, validators, key_positions, key_validators, kind, seen)
+                    checker.check(pending)
+                    unique.add(checker.keys(pending))
+                    yield Batch(pending)
                     pending = []
         except RecordFormatError as exc:
             raise PayloadMalformed(str(exc)) from exc
         if pending:
-            yield self._check(pending, columns, validators, key_positions, key_validators, kind, seen)
-
-    @staticmethod
-    def _check(
-        records: list[Record],
-        columns: Sequence[ColumnSpec],
-        validators: Sequence[ColumnValidator],
-        key_positions: Sequence[int],
-        key_validators: Sequence[ColumnValidator],
-        kind: str,
-        seen: set[int] | None,
-    ) -> Batch:
-        upserts = [r for r in records if r.op == "U"]
-        deletes = [r for r in records if r.op == "D"] if len(upserts) != len(records) else []
-        if deletes and kind == KIND_SNAPSHOT:
-            raise PayloadMalformed(f"snapshot payload has a delete record (line {deletes[0].line})")
-
-        def reject(rows: Sequence[Record], index: int, column: ColumnSpec, reason: str) -> RowRejected:
-            row = rows[index]
-            return RowRejected([row.values[i] for i in key_positions], column.name, reason, line=row.line)
-
-        if upserts:
-            value_columns = list(zip(*[r.values for r in upserts], strict=True))
-            for validator, values, column in zip(validators, value_columns, columns, strict=True):
-                failure = validator.check(values)
-                if failure is not None:
-                    raise reject(upserts, failure[0], column, failure[1])
-        if deletes:
-            for position, validator in zip(key_positions, key_validators, strict=True):
-                failure = validator.check([r.values[position] for r in deletes])
-                if failure is not None:
-                    raise reject(deletes, failure[0], columns[position], failure[1])
-            key_set = set(key_positions)
-            for row in deletes:
-                if any(v is not None for i, v in enumerate(row.values) if i not in key_set):
-                    raise PayloadMalformed(f"delete record at line {row.line} carries non-key values")
-        if seen is not None:
-            for row in records:
-                fingerprint = hash(tuple(row.values[i] for i in key_positions))
-                if fingerprint in seen:
-                    raise PayloadMalformed(
-                        f"key {[row.values[i] for i in key_positions]!r} appears twice in the delta "
-                        f"(line {row.line})"
-                    )
-                seen.add(fingerprint)
-        return Batch(records)
+            checker.check(pending)
+            unique.add(checker.keys(pending))
+            yield Batch(pending)
 
     @staticmethod
     def _add_to_digest(digest: LtHash, batch: Batch, key_positions: Sequence[int]) -> None:
-        upserts = [r for r in batch.records if r.op == "U"]
-        if len(key_positions) == 1:
-            k = key_positions[0]
-            keys = [('"' + r.values[k].replace('"', '""') + '"').encode("utf-8") for r in upserts]  # type: ignore[union-attr]
-        else:
-            keys = [encode_values([r.values[i] for i in key_positions]).encode("utf-8") for r in upserts]
-        digest.add(keys, [r.raw.encode("utf-8") for r in upserts])
+        add_upserts(digest, batch.records, key_positions)
 
     def _remove_from_digest(
         self,
@@ -541,18 +491,27 @@ class TableStore:
         staging: str,
         columns: Sequence[ColumnSpec],
     ) -> LtHash:
-        digest = LtHash()
-        key_positions = key_indexes(columns)
+        """Load the snapshot while its rows are checked and hashed beside it (``rowcheck``)."""
+        pipeline = RowPipeline(columns, schema_to_json(columns), KIND_SNAPSHOT)
         loader: SnapshotLoader = self.dialect.snapshot_loader(conn, staging, columns)
         try:
-            for batch in self._batches(plaintext, columns, KIND_SNAPSHOT):
-                self._add_to_digest(digest, batch, key_positions)
-                loader.load(batch)
-            loader.close()
+            with pipeline.precise_errors():
+                for raw in self._framed(plaintext):
+                    pipeline.submit(raw)
+                    loader.load(Batch(raw=raw, width=len(columns)))
+                loader.close()
+            return pipeline.finish()
         except BaseException as exc:
+            pipeline.close()
             loader.abort(exc)
             raise
-        return digest
+
+    @staticmethod
+    def _framed(plaintext: IO[bytes] | Iterable[bytes]) -> Iterator[RawBatch]:
+        try:
+            yield from iter_raw_batches(plaintext)
+        except RecordFormatError as exc:
+            raise PayloadMalformed(str(exc)) from exc
 
     def _check_snapshot_digest(
         self, digest: LtHash, expected: Mapping[str, Any] | None, result: ApplyResult
@@ -746,14 +705,20 @@ class TableStore:
             ):
                 raise TableEnvironmentError("the position moved while the delta was being prepared; retry")
             digest = LtHash.from_bytes(state.digest) if state.digest else LtHash()
+            pipeline = RowPipeline(columns, schema_to_json(columns), KIND_DELTA)
             applier: DeltaApplier = self.dialect.delta_applier(conn, table, columns)
             try:
-                for batch in self._batches(plaintext, columns, KIND_DELTA):
-                    old_rows = applier.stage(batch)
-                    self._remove_from_digest(digest, old_rows, columns, key_positions)
-                    self._add_to_digest(digest, batch, key_positions)
-                self._remove_from_digest(digest, applier.finish(), columns, key_positions)
+                with pipeline.precise_errors():
+                    for raw in self._framed(plaintext):
+                        pipeline.submit(raw)
+                        old_rows = applier.stage(Batch(raw=raw, width=len(columns)))
+                        self._remove_from_digest(digest, old_rows, columns, key_positions)
+                    self._remove_from_digest(digest, applier.finish(), columns, key_positions)
+                added = pipeline.finish()
+                digest.lanes += added.lanes
+                digest.counts += added.counts
             except BaseException as exc:
+                pipeline.close()
                 applier.abort(exc)
                 raise
             result.rows_upserted, result.rows_deleted, result.rows = (

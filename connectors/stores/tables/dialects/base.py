@@ -13,22 +13,64 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Dialect
 
-from protocol.canonical import ColumnSpec, ColumnType, Family, Record
+from connectors.stores.tables.errors import PayloadMalformed
+from protocol.canonical import (
+    ColumnSpec,
+    ColumnType,
+    Family,
+    RawBatch,
+    Record,
+    RecordFormatError,
+    parse_raw_batch,
+)
 
 Binder = Callable[[str], object]
 
 
-@dataclass
 class Batch:
-    """Validated payload records, in payload order."""
+    """Payload records, in payload order.
 
-    records: list[Record]
+    Built from parsed records, or from framed text not yet parsed (:class:`RawBatch`):
+    ``records`` then parses on first use, while loaders that take the canonical text as
+    it is (PostgreSQL's COPY) read :meth:`lines` or :meth:`bodies` and never parse.
+    Validation runs beside the load (``rowcheck``) and must pass before anything commits.
+    """
+
+    __slots__ = ("_records", "raw", "width")
+
+    def __init__(
+        self, records: list[Record] | None = None, *, raw: RawBatch | None = None, width: int = 0
+    ) -> None:
+        if (records is None) == (raw is None):
+            raise ValueError("a batch is built from records or from a raw batch")
+        self._records, self.raw, self.width = records, raw, width
+
+    @property
+    def records(self) -> list[Record]:
+        if self._records is None:
+            assert self.raw is not None
+            try:
+                self._records = parse_raw_batch(self.raw, self.width)
+            except RecordFormatError as exc:
+                raise PayloadMalformed(str(exc)) from exc
+        return self._records
+
+    def lines(self) -> list[str]:
+        """Each record's text, ``op,values`` (no terminator)."""
+        if self.raw is not None:
+            return self.raw.records
+        return [f"{r.op},{r.raw}" for r in self.records]
+
+    def bodies(self) -> list[str]:
+        """Each record's canonical values without the op (what a row digest hashes)."""
+        if self.raw is not None:
+            return [line[2:] for line in self.raw.records]
+        return [r.raw for r in self.records]
 
 
 class SqlDialect(ABC):

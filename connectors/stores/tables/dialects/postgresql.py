@@ -90,7 +90,7 @@ class _CopyLoader(SnapshotLoader):
         self.open = True
 
     def load(self, batch: Batch) -> None:
-        self.copy.write("\n".join([r.raw for r in batch.records]) + "\n")
+        self.copy.write("\n".join(batch.bodies()) + "\n")
 
     def close(self) -> None:
         self.open = False
@@ -106,7 +106,7 @@ class _CopyLoader(SnapshotLoader):
 
 class _DeltaCopyLoader(_CopyLoader):
     def load(self, batch: Batch) -> None:
-        self.copy.write("".join([f"{r.op},{r.raw}\n" for r in batch.records]))
+        self.copy.write("\n".join(batch.lines()) + "\n")
 
 
 class _Delta(DeltaApplier):

@@ -1,0 +1,345 @@
+"""Validating and hashing payload rows, on every core.
+
+Parsing, validating and hashing a row costs the agent several times what the database
+spends storing it (docs/tables.md, "Where the time goes"). All three depend on the row
+alone and the table digest is a sum, so a :class:`RowPipeline` sends framed chunks of the
+payload to worker processes while the caller feeds the database, then adds up the
+workers' partial digests. The first :data:`TASK_ROWS` rows are always checked in the
+calling process, so a small package never starts a worker; the pool, once started, is
+kept for the life of the process (the daemon applies many packages).
+
+The database may receive a chunk before its check has finished: that is safe because the
+rows, the position and the digest commit in one transaction, and :meth:`RowPipeline.finish`
+(which raises the first rejection) runs before the commit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import logging
+import multiprocessing
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+from connectors.stores.tables.errors import (
+    PackageRejected,
+    PayloadMalformed,
+    RowRejected,
+    TableStoreError,
+)
+from protocol.canonical import (
+    ColumnSpec,
+    ColumnValidator,
+    RawBatch,
+    Record,
+    RecordFormatError,
+    columns_from_schema,
+    encode_values,
+    key_indexes,
+    parse_raw_batch,
+)
+from protocol.digest import LtHash
+
+log = logging.getLogger(__name__)
+
+KIND_SNAPSHOT = "snapshot"
+TASK_ROWS = 16384
+"""Rows per worker task: large enough that the returned partial digest (514 KiB) is cheap
+per row, small enough that tasks in flight stay a few MiB."""
+
+
+class RowChecker:
+    """Validation and digest of one payload's rows, batch by batch (any process)."""
+
+    def __init__(self, columns: Sequence[ColumnSpec], kind: str) -> None:
+        self.columns = list(columns)
+        self.kind = kind
+        self.width = len(self.columns)
+        self.validators = [ColumnValidator(c) for c in self.columns]
+        self.key_positions = key_indexes(self.columns)
+        self.key_validators = [self.validators[i] for i in self.key_positions]
+
+    def parse(self, batch: RawBatch) -> list[Record]:
+        try:
+            return parse_raw_batch(batch, self.width)
+        except RecordFormatError as exc:
+            raise PayloadMalformed(str(exc)) from exc
+
+    def check(self, records: list[Record]) -> None:
+        """Raise RowRejected / PayloadMalformed for the first record breaking the schema."""
+        upserts = [r for r in records if r.op == "U"]
+        deletes = [r for r in records if r.op == "D"] if len(upserts) != len(records) else []
+        if deletes and self.kind == KIND_SNAPSHOT:
+            raise PayloadMalformed(f"snapshot payload has a delete record (line {deletes[0].line})")
+        columns, key_positions = self.columns, self.key_positions
+        if upserts:
+            value_columns = list(zip(*[r.values for r in upserts], strict=True))
+            for validator, values, column in zip(self.validators, value_columns, columns, strict=True):
+                failure = validator.check(values)
+                if failure is not None:
+                    raise self._reject(upserts[failure[0]], column, failure[1])
+        if deletes:
+            for position, validator in zip(key_positions, self.key_validators, strict=True):
+                failure = validator.check([r.values[position] for r in deletes])
+                if failure is not None:
+                    raise self._reject(deletes[failure[0]], columns[position], failure[1])
+            key_set = set(key_positions)
+            for row in deletes:
+                if any(v is not None for i, v in enumerate(row.values) if i not in key_set):
+                    raise PayloadMalformed(f"delete record at line {row.line} carries non-key values")
+
+    def _reject(self, row: Record, column: ColumnSpec, reason: str) -> RowRejected:
+        return RowRejected([row.values[i] for i in self.key_positions], column.name, reason, line=row.line)
+
+    def keys(self, records: list[Record]) -> list[bytes]:
+        return record_keys(records, self.key_positions)
+
+    def add(self, digest: LtHash, records: list[Record]) -> None:
+        add_upserts(digest, records, self.key_positions)
+
+    def check_and_hash(self, batches: Sequence[RawBatch], digest: LtHash) -> list[bytes]:
+        """Check and hash ``batches`` into ``digest``; a delta's keys are returned (duplicates)."""
+        keys: list[bytes] = []
+        for batch in batches:
+            records = self.parse(batch)
+            self.check(records)
+            self.add(digest, records)
+            if self.kind != KIND_SNAPSHOT:
+                keys.extend(self.keys(records))
+        return keys
+
+
+def record_keys(records: list[Record], key_positions: Sequence[int]) -> list[bytes]:
+    """Each record's key in canonical encoding (what picks its digest bucket)."""
+    if len(key_positions) == 1:
+        k = key_positions[0]
+        return [('"' + r.values[k].replace('"', '""') + '"').encode("utf-8") for r in records]  # type: ignore[union-attr]
+    return [encode_values([r.values[i] for i in key_positions]).encode("utf-8") for r in records]
+
+
+def add_upserts(digest: LtHash, records: list[Record], key_positions: Sequence[int]) -> None:
+    """Add the upserted rows to ``digest`` (row item: the record's canonical text)."""
+    upserts = [r for r in records if r.op == "U"]
+    digest.add(record_keys(upserts, key_positions), [r.raw.encode("utf-8") for r in upserts])
+
+
+class KeyRegister:
+    """A delta names each key once: twice would make the result depend on the order."""
+
+    def __init__(self, kind: str) -> None:
+        self.seen: set[bytes] | None = None if kind == KIND_SNAPSHOT else set()
+
+    def add(self, keys: list[bytes]) -> None:
+        seen = self.seen
+        if seen is None:
+            return
+        distinct = set(keys)
+        if len(distinct) != len(keys) or not seen.isdisjoint(distinct):
+            earlier: set[bytes] = set()
+            for key in keys:
+                if key in seen or key in earlier:
+                    raise PayloadMalformed(f"key {key.decode('utf-8', 'replace')} appears twice in the delta")
+                earlier.add(key)
+        seen.update(distinct)
+
+
+# ---------------------------------------------------------------- worker side
+
+_checkers: dict[tuple[str, str], RowChecker] = {}
+
+
+def _check_task(
+    schema_key: str, schema: list[dict[str, Any]], kind: str, batches: list[RawBatch]
+) -> tuple[bytes, list[bytes]]:
+    """Worker entry point: a task's partial digest (serialised) and delta keys, or the rejection."""
+    checker = _checkers.get((schema_key, kind))
+    if checker is None:
+        _checkers.clear()  # one schema at a time is the common case; keep memory flat
+        checker = _checkers[(schema_key, kind)] = RowChecker(columns_from_schema(schema), kind)
+    digest = LtHash()
+    keys = checker.check_and_hash(batches, digest)
+    return digest.to_bytes(), keys
+
+
+# ---------------------------------------------------------------- the pool
+
+_pool: ProcessPoolExecutor | None = None
+_pool_off: str | None = None
+"""Why worker processes are not used in this process any more (None while they are)."""
+_pool_lock = threading.Lock()
+
+Task = list[RawBatch]
+TaskResult = tuple[bytes, list[bytes]]
+
+
+def worker_count() -> int:
+    """Worker processes: one per usable core (``EDU_SYNC_CHECK_WORKERS`` overrides; 0 = none)."""
+    configured = os.environ.get("EDU_SYNC_CHECK_WORKERS")
+    if configured is not None:
+        return max(0, int(configured))
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Worker initialiser: leave as soon as the applying process is gone (even SIGKILLed),
+    instead of lingering as an orphan that a restarted agent would never reuse."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def _shared_pool(workers: int) -> ProcessPoolExecutor | None:
+    global _pool
+    with _pool_lock:
+        if _pool is None and _pool_off is None:
+            # spawn, not fork: the daemon has threads (watchers, transports) a fork would copy mid-lock
+            _pool = ProcessPoolExecutor(
+                workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_exit_with_parent,
+                initargs=(os.getpid(),),
+            )
+            atexit.register(shutdown_pool)
+        return _pool
+
+
+def _turn_pool_off(reason: BaseException) -> None:
+    """A worker could not start or died: check rows in this process from now on (and say so)."""
+    global _pool_off
+    with _pool_lock:
+        first = _pool_off is None
+        _pool_off = f"{type(reason).__name__}: {reason}".strip()
+    if first:
+        log.warning("row checks continue in the applying process only; workers failed: %s", _pool_off)
+    shutdown_pool(wait=False)
+
+
+def shutdown_pool(wait: bool = True) -> None:
+    global _pool
+    with _pool_lock:
+        pool, _pool = _pool, None
+    if pool is not None:
+        pool.shutdown(wait=wait, cancel_futures=True)
+
+
+class RowPipeline:
+    """Checks a payload's framed batches, in worker processes once it is large.
+
+    ``submit`` every batch in payload order, then ``finish()`` for the digest of all upserted
+    rows (it raises the first rejection, in payload order). ``close()`` after an error. If the
+    worker pool breaks, its tasks are checked here instead: slower, never skipped.
+    """
+
+    def __init__(
+        self,
+        columns: Sequence[ColumnSpec],
+        schema: list[dict[str, Any]],
+        kind: str,
+        *,
+        workers: int | None = None,
+    ) -> None:
+        self.local = RowChecker(columns, kind)
+        self.schema = schema
+        self.schema_key = json.dumps(schema, sort_keys=True, ensure_ascii=False)
+        self.kind = kind
+        self.workers = worker_count() if workers is None else workers
+        self.digest = LtHash()
+        self.rows_checked = 0
+        self._task: Task = []
+        self._task_rows = 0
+        self._inflight: deque[tuple[Future[TaskResult], Task]] = deque()
+        self._keys = KeyRegister(kind)
+
+    def submit(self, batch: RawBatch) -> None:
+        self._task.append(batch)
+        self._task_rows += len(batch.records)
+        if self._task_rows >= TASK_ROWS:
+            self._dispatch()
+
+    def finish(self) -> LtHash:
+        if self._task:
+            self._dispatch()
+        while self._inflight:
+            self._collect()
+        return self.digest
+
+    @contextlib.contextmanager
+    def precise_errors(self) -> Iterator[None]:
+        """Where loading failed (a database error, a bad value reaching a driver), the checks
+        usually name the bad row and column: raise their rejection instead, if there is one."""
+        try:
+            yield
+        except TableStoreError:
+            raise
+        except Exception as exc:
+            try:
+                self.finish()
+            except PackageRejected as rejection:
+                raise rejection from exc
+            raise
+
+    def close(self) -> None:
+        """Drop queued work (after an error); tasks already running finish in the worker."""
+        for future, _task in self._inflight:
+            future.cancel()
+        self._inflight.clear()
+        self._task = []
+
+    def _dispatch(self) -> None:
+        task, self._task, rows, self._task_rows = self._task, [], self._task_rows, 0
+        first = self.rows_checked == 0
+        self.rows_checked += rows
+        pool = None if self.workers == 0 or first else _shared_pool(self.workers)
+        if pool is None:
+            # the first task is always checked here, so a small payload never needs a worker
+            self._check_here(task)
+            return
+        while len(self._inflight) >= 2 * self.workers:
+            self._collect()
+        try:
+            future = pool.submit(_check_task, self.schema_key, self.schema, self.kind, task)
+        except (BrokenProcessPool, RuntimeError, OSError) as exc:
+            _turn_pool_off(exc)
+            self._check_here(task)
+            return
+        self._inflight.append((future, task))
+
+    def _check_here(self, task: Task) -> None:
+        self._keys.add(self.local.check_and_hash(task, self.digest))
+
+    def _collect(self) -> None:
+        future, task = self._inflight.popleft()
+        try:
+            data, keys = future.result()
+        except (BrokenProcessPool, OSError) as exc:
+            _turn_pool_off(exc)
+            self._check_here(task)
+            return
+        partial = LtHash.from_bytes(data)
+        self.digest.lanes += partial.lanes
+        self.digest.counts += partial.counts
+        self._keys.add(keys)
+
+
+__all__ = [
+    "TASK_ROWS",
+    "KeyRegister",
+    "RowChecker",
+    "RowPipeline",
+    "add_upserts",
+    "record_keys",
+    "shutdown_pool",
+    "worker_count",
+]
