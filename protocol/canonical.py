@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import enum
 import math
+import operator
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from decimal import Context, Decimal, InvalidOperation
+from itertools import repeat
 from typing import IO, Any, ClassVar, NamedTuple
 
 from protocol.errors import ProtocolError
@@ -961,26 +963,34 @@ def parse_raw_batch(batch: RawBatch, width: int) -> list[Record]:
                 number = numbers[index] if numbers is not None else first_line + index
                 raise RecordFormatError(f"record at line {number}: {exc}") from None
         raise  # pragma: no cover
-    result: list[Record] = []
-    append = result.append
+    lines: Sequence[int] = numbers if numbers is not None else range(first_line, first_line + len(records))
+    # The common shape, checked per record by C-level maps: op unquoted, every field quoted,
+    # no quote inside any value (all quotes are the 2 * width around the fields), no NULL.
     count, quotes, separators = width + 1, 2 * width, width - 1
-    for index, (fields, raw) in enumerate(zip(parsed, records, strict=True)):
-        number = numbers[index] if numbers is not None else first_line + index
-        # Inline fast path: op unquoted, every field quoted, no quote inside any value (all
-        # quotes are the 2 * width around the fields), no empty value.
-        body = raw[2:]
-        if (
-            len(fields) == count
-            and (raw[:2] == "U," or raw[:2] == "D,")
-            and body.count('"') == quotes
-            and body.count('","') == separators
-            and body[:1] == '"' == body[-1:]
-            and "" not in fields
-        ):
-            append(Record(fields[0], fields[1:], body, number))  # type: ignore[arg-type]
-        else:
-            append(_record(fields, raw, width, number))
-    return result
+    simple = list(
+        map(
+            all,
+            zip(
+                map(count.__eq__, map(len, parsed)),
+                map(str.startswith, records, repeat(('U,"', 'D,"'))),
+                map(str.endswith, records, repeat('"')),
+                map(quotes.__eq__, map(str.count, records, repeat('"'))),
+                map(separators.__eq__, map(str.count, records, repeat('","'))),
+                map(operator.not_, map(operator.contains, parsed, repeat(""))),
+                strict=True,
+            ),
+        )
+    )
+    values = [fields[1:] for fields in parsed]
+    bodies = [raw[2:] for raw in records]
+    if all(simple):
+        return list(map(Record, [fields[0] for fields in parsed], values, bodies, lines))  # type: ignore[arg-type]
+    return [
+        Record(fields[0], value, body, line) if ok else _record(fields, raw, width, line)  # type: ignore[arg-type]
+        for ok, fields, value, body, raw, line in zip(
+            simple, parsed, values, bodies, records, lines, strict=True
+        )
+    ]
 
 
 def _record(fields: list[str], raw: str, width: int, line: int) -> Record:
