@@ -986,7 +986,7 @@ def parse_raw_batch(batch: RawBatch, width: int) -> list[Record]:
     if all(simple):
         return list(map(Record, [fields[0] for fields in parsed], values, bodies, lines))  # type: ignore[arg-type]
     return [
-        Record(fields[0], value, body, line) if ok else _record(fields, raw, width, line)  # type: ignore[arg-type]
+        Record(fields[0], value, body, line) if ok else _record(fields, raw, width, line)
         for ok, fields, value, body, raw, line in zip(
             simple, parsed, values, bodies, records, lines, strict=True
         )
