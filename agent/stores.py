@@ -139,7 +139,8 @@ class ShareAdapter:
             result="skipped" if result.status == "already_applied" else "applied",
             files=result.files_written + result.files_removed,
             local_digest=result.local_digest or None, expected_digest=result.expected_digest or None,
-            digest_match=result.match, mismatched_files=list(result.mismatched_files))
+            digest_match=result.match, mismatched_buckets=list(result.mismatched_buckets),
+            mismatched_files=list(result.mismatched_files))
 
     def purge(self) -> Purged:
         result = self.store.purge(self.dirname)

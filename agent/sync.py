@@ -385,7 +385,7 @@ class AgentRuntime:
         match = applied.digest_match
         if match is not None:
             ctx.metrics.digest_match.labels(sub_id).set(1 if match else 0)
-        mismatch = applied.mismatched_buckets or applied.mismatched_files
+        mismatch = applied.mismatched_files or applied.mismatched_buckets  # file names say more
         state.update_subscription(sub_id, last_success=now, last_error=None, held_gap=None,
                                   expected_digest=applied.expected_digest, digest_match=match,
                                   mismatch=list(mismatch) if mismatch else None)
@@ -394,8 +394,10 @@ class AgentRuntime:
 
     def _request_resend(self, sub_id: str, result: Applied | Verified, reason: str, ctx: RunContext) -> None:
         if result.mismatched_buckets:
+            # files: a file subscription's own files in those buckets (the platform removes the
+            # ones it does not publish); a table has none
             request = ctx.reports.request(subscription_id=sub_id, request="resend_buckets", reason=reason,
-                                          buckets=result.mismatched_buckets)
+                                          buckets=result.mismatched_buckets, files=result.mismatched_files)
         elif result.mismatched_files:
             request = ctx.reports.request(subscription_id=sub_id, request="resend_files", reason=reason,
                                           files=result.mismatched_files)

@@ -13,16 +13,24 @@ import hashlib
 import os
 import re
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from connectors.stores.shares.fileset import fileset_summary
-from connectors.stores.shares.manifest import MAX_ENTRIES, Manifest, ManifestEntry, build_manifest
+from connectors.stores.shares.errors import ShareError
+from connectors.stores.shares.fileset import fileset_digest, fileset_summary
+from connectors.stores.shares.manifest import (
+    MAX_ENTRIES,
+    Manifest,
+    ManifestEntry,
+    build_manifest,
+    validate_manifest,
+)
 from hub.catalog import Subscription
 from hub.state import PublishState
+from protocol.digest import bucket_of, file_item
 
 BLOCK = 1 << 20
 MAX_ENTRIES_PER_PACKAGE = MAX_ENTRIES
@@ -196,6 +204,32 @@ class FileCapture:
         self.state.put("files_initialised", True)
         self.state.put("fileset_digest", manifest.expected_digest)
         return FileChange(manifest, self.root, parts)
+
+    def named_from_state(self, paths: Iterable[str], buckets: Iterable[int]) -> FileChange | None:
+        """Only the files a request names (a resend): a delta on the published set, rewriting them.
+
+        Entries: every published file named in ``paths`` or whose path falls in one of
+        ``buckets`` (``protocol.digest`` buckets of the file-set digest); base and expected digest
+        are both the published set's, and nothing is removed. None — send a snapshot instead —
+        when a named path is not published (the agent holds a file the platform does not, which
+        only a snapshot removes safely: a delta removing a path the agent no longer has is
+        refused) or the entries do not fit in one package.
+        """
+        published = {p: ManifestEntry(p, s, h) for p, (s, _m, h) in self._published().items()}
+        named = set(paths)
+        if not named <= published.keys():
+            return None
+        wanted = frozenset(buckets)
+        if wanted:
+            named.update(p for p in published if bucket_of(file_item(p, 0, "")[0]) in wanted)
+        digest = fileset_digest(published.values())
+        entries = tuple(published[p] for p in sorted(named))
+        manifest = Manifest(entries, (), digest, digest, len(published))
+        try:
+            validate_manifest(manifest.to_json())
+        except ShareError:
+            return None
+        return FileChange(manifest, self.root, [FilePart(manifest, fileset_summary(published.values()))])
 
     def snapshot_from_state(self) -> FileChange:
         entries = [ManifestEntry(p, s, h) for p, (s, _m, h) in self._published().items()]

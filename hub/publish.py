@@ -233,7 +233,7 @@ class Publisher:
     ) -> None:
         sequences = state.all_sequences()
         active = [s.agent for s in sub.subscribers if not sequences.get(s.agent, (0, False))[1]]
-        resync, resend, buckets = self._sort_requests(sub, active, requests)
+        resync, buckets, files = self._sort_requests(sub, active, requests)
         plain_files: list[Path] = []
         fingerprint = sub.capture_fingerprint()
         if state.get("capture_fingerprint") not in (None, fingerprint):
@@ -245,7 +245,7 @@ class Publisher:
                     sub, state, snapshot, active, sequences, resync, buckets, result, plain_files
                 )
             else:
-                self._publish_files(sub, state, snapshot, active, sequences, resync | resend, result)
+                self._publish_files(sub, state, snapshot, active, sequences, resync, files, result)
         finally:
             for path in plain_files:
                 path.unlink(missing_ok=True)
@@ -255,17 +255,19 @@ class Publisher:
     @staticmethod
     def _sort_requests(
         sub: Subscription, active: list[str], requests: list[tuple[str, str, dict[str, Any]]]
-    ) -> tuple[set[str], set[str], dict[str, set[int]]]:
-        """(agents to resync, agents asking for files again, digest buckets to resend per agent).
+    ) -> tuple[set[str], dict[str, set[int]], dict[str, tuple[set[str], set[int]]]]:
+        """(agents to resync, table buckets to resend per agent, (files, buckets) per agent).
 
         A request from an agent that no longer receives the subscription (removed or revoked)
-        is ignored. ``resend_buckets`` of a table subscription names the buckets to replace; one
-        without a usable bucket list is answered with a snapshot, as is ``resync``, which also
-        wins over any bucket request of the same agent. File subscriptions resend a snapshot.
+        is ignored. ``resend_buckets`` names digest buckets: of a table subscription, their rows
+        are resent; of a file subscription, their files, and the request's ``files`` (the agent's
+        own files in those buckets) too. ``resend_files`` names files. A request naming nothing
+        usable is answered with a snapshot, as is ``resync``, which also wins over any other
+        request of the same agent.
         """
         resync: set[str] = set()
-        resend: set[str] = set()
         buckets: dict[str, set[int]] = {}
+        files: dict[str, tuple[set[str], set[int]]] = {}
         table = sub.catalog.provision_method == "table"
         for agent, request_id, req in requests:
             kind = req["request"]
@@ -278,21 +280,30 @@ class Publisher:
                     sub.id,
                 )
                 continue
-            named = _named_buckets(req.get("buckets"))
-            if kind == "resend_buckets" and table and named:
+            named = _named_buckets(req.get("buckets")) if kind == "resend_buckets" else set()
+            paths = _named_files(req.get("files")) if not table and kind != "resync" else set()
+            if table and named:
                 buckets.setdefault(agent, set()).update(named)
-                continue
-            if kind == "resend_buckets" and table:
-                log.warning(
-                    "request %s from agent %s names no valid digest buckets (%r): sending a snapshot",
-                    request_id,
-                    agent,
-                    req.get("buckets"),
-                )
-            (resend if kind == "resend_files" else resync).add(agent)
+            elif not table and (named or (kind == "resend_files" and paths)):
+                wanted = files.setdefault(agent, (set(), set()))
+                wanted[0].update(paths)
+                wanted[1].update(named)
+            else:
+                if kind != "resync":
+                    log.warning(
+                        "request %s (%s) from agent %s names nothing to resend (buckets %r, files %r): "
+                        "sending a snapshot",
+                        request_id,
+                        kind,
+                        agent,
+                        req.get("buckets"),
+                        req.get("files"),
+                    )
+                resync.add(agent)
         for agent in resync:
             buckets.pop(agent, None)
-        return resync, resend, buckets
+            files.pop(agent, None)
+        return resync, buckets, files
 
     def _publish_table(
         self,
@@ -385,6 +396,7 @@ class Publisher:
         active: list[str],
         sequences: dict[str, tuple[int, bool]],
         resync: set[str],
+        resend: dict[str, tuple[set[str], set[int]]],
         result: PublishResult,
     ) -> None:
         capture = FileCapture(sub, state)
@@ -393,31 +405,55 @@ class Publisher:
         result.files = len(change.manifest.entries)
         for agent in active:
             needs_snapshot = agent not in sequences or agent in resync
+            # After the capture: the resent files are read from the source as now published.
+            named = None
+            if agent in resend and not needs_snapshot and not change.manifest.is_snapshot:
+                named = capture.named_from_state(*resend[agent])
+                if named is None:
+                    log.warning(
+                        "agent %s asks for files the platform does not publish, or more than one package "
+                        "holds: sending a snapshot",
+                        agent,
+                    )
+                    needs_snapshot = True
             if needs_snapshot and full is None:
                 full = capture.snapshot_from_state()
             chosen = full if needs_snapshot else change
             assert chosen is not None
-            if chosen.empty:
-                continue
             sequence = sequences.get(agent, (0, False))[0]
-            for part in chosen.parts:  # more than one only beyond the per-package entry limit
-                sequence += 1
-                manifest = part.manifest
-                self._write_package(
-                    state,
-                    agent,
-                    sub.id,
-                    sequence,
-                    KIND_FILES,
-                    lambda writer, m=manifest, c=chosen: c.write_payload(writer, m),
-                    catalog=sub.catalog.header_fields(),
-                    schema=[],
-                    counts={"files": len(manifest.entries), "files_removed": len(manifest.removed)},
-                    expected_state=part.summary,
-                    manifest=manifest.to_json(),
-                    directory=INBOX,
-                )
-                result.packages.append((agent, sequence, KIND_FILES))
+            for each in (chosen, named):
+                if each is not None and not each.empty:
+                    sequence = self._write_files_packages(sub, state, agent, sequence, each, result)
+
+    def _write_files_packages(
+        self,
+        sub: Subscription,
+        state: PublishState,
+        agent: str,
+        sequence: int,
+        chosen: FileChange,
+        result: PublishResult,
+    ) -> int:
+        """One package per part of ``chosen`` after ``sequence``; returns the last sequence."""
+        for part in chosen.parts:  # more than one only beyond the per-package entry limit
+            sequence += 1
+            manifest = part.manifest
+            self._write_package(
+                state,
+                agent,
+                sub.id,
+                sequence,
+                KIND_FILES,
+                lambda writer, m=manifest, c=chosen: c.write_payload(writer, m),
+                catalog=sub.catalog.header_fields(),
+                schema=[],
+                counts={"files": len(manifest.entries), "files_removed": len(manifest.removed)},
+                expected_state=part.summary,
+                manifest=manifest.to_json(),
+                directory=INBOX,
+            )
+            result.packages.append((agent, sequence, KIND_FILES))
+        return sequence
 
     def _write_package(
         self,
@@ -549,6 +585,13 @@ class Publisher:
 def _named_buckets(value: Any) -> set[int]:
     """The digest buckets a request names (empty if it names none or any entry is not a bucket)."""
     if not isinstance(value, list) or not all(type(b) is int and 0 <= b < BUCKETS for b in value):
+        return set()
+    return set(value)
+
+
+def _named_files(value: Any) -> set[str]:
+    """The relative paths a request names (empty unless a list of strings)."""
+    if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
         return set()
     return set(value)
 

@@ -30,6 +30,7 @@ from protocol.package import PackageWriter, open_package, read_header
 from tests.tables_helpers import STAFF_SCHEMA, Header, Source, staff_row, stream, table_contents
 from tests.test_e2e_local import Site, StaffSource, table_rows
 from tests.test_hub_common import HubFixture, ReplayAgent, source_state, staff_table, subscription_text
+from tests.test_hub_files import SUB as FILE_SUB
 from tests.test_hub_reports import _send
 
 
@@ -235,7 +236,7 @@ def test_resync_wins_and_a_request_without_usable_buckets_gets_a_snapshot(
     _send(hub, "school-2", _request("b1", buckets=[300, 2]), kind="request", seq=1)
     with caplog.at_level(logging.WARNING, logger="hub.publish"):
         hub.publish()
-    assert any("b1" in r.getMessage() and "no valid digest buckets" in r.getMessage() for r in caplog.records)
+    assert any("b1" in r.getMessage() and "names nothing to resend" in r.getMessage() for r in caplog.records)
     assert one.catch_up() == 1 and one.headers[-1].kind == "snapshot"
     assert two.catch_up() == 1 and two.headers[-1].kind == "snapshot"
     engine.dispose()
@@ -403,3 +404,93 @@ def test_store_rejects_a_bucket_package_with_rows_of_other_buckets(store: TableS
     with pytest.raises(PayloadMalformed, match="only upserts"):
         store.apply(header, stream(deleting), TABLE)  # type: ignore[arg-type]
     assert table_contents(db_url, TABLE, STAFF_SCHEMA) == before
+
+
+# ---------------------------------------------------------------- file subscriptions: the named files only
+
+
+def _file_bucket(path: str) -> int:
+    return table_digest.bucket_of(table_digest.file_item(path, 0, "")[0])
+
+
+def _files_packages(hub_root: Path, agent: str, keys: Any, platform: Any) -> list[tuple[Any, bytes]]:
+    inbox = hub_root / "exchange" / agent / INBOX
+    names, _foreign = sorted_packages(p.name for p in inbox.iterdir())
+    out = []
+    for name in names:
+        with open_package(
+            inbox / name.filename, trusted_senders={"platform": platform.public_bundle()}, recipient=keys
+        ) as pkg:
+            out.append((pkg.header, b"".join(pkg.iter_plaintext())))
+    return out
+
+
+def test_verify_drift_in_a_share_is_repaired_by_resending_the_named_files_only(site: Site) -> None:
+    source = site.root / "source-files"
+    for i in range(60):
+        path = source / f"课程/{i:03d}.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"第{i}章\n", encoding="utf-8")
+    site.add_file_subscription("course-files", source)
+    site.publish()
+    assert site.run_once() == 0
+    target = site.share / "course-files"
+    (target / "课程/007.txt").write_text("tampered\n", encoding="utf-8")  # behind the agent's back
+    (target / "课程/031.txt").unlink()
+    assert agent_main(["verify", "-c", str(site.config)]) != 0
+    assert site.run_once() == 0  # delivers the request
+    request = next(d for d in site.outbox_documents() if d["type"] == "request")
+    assert request["request"] == "resend_files"
+    assert sorted(request["files"]) == ["课程/007.txt", "课程/031.txt"]
+
+    (source / "课程/050.txt").write_text("第50章 修订\n", encoding="utf-8")  # an ordinary change too
+    site.publish()
+    packages = _files_packages(site.hub, site.agent, site.agent_keys, site.platform_keys)
+    (delta, _), (resend, payload) = packages[-2:]
+    assert [e["path"] for e in delta.manifest["entries"]] == ["课程/050.txt"]
+    assert [e["path"] for e in resend.manifest["entries"]] == ["课程/007.txt", "课程/031.txt"]
+    assert resend.manifest["removed"] == [] and resend.sequence == delta.sequence + 1
+    assert (
+        resend.manifest["base_digest"]
+        == resend.manifest["expected_digest"]
+        == delta.manifest["expected_digest"]
+    )
+    assert payload == "第7章\n第31章\n".encode()
+
+    assert site.run_once() == 0
+    assert agent_main(["verify", "-c", str(site.config)]) == 0
+    assert {p.relative_to(target) for p in target.rglob("*.txt")} == {
+        p.relative_to(source) for p in source.rglob("*.txt")
+    }
+    assert all((target / p.relative_to(source)).read_bytes() == p.read_bytes() for p in source.rglob("*.txt"))
+    receipts = [d for d in site.outbox_documents() if d["type"] == "apply_receipt"]
+    assert [r["digest_match"] for r in receipts[-2:]] == [True, True]
+
+
+def test_file_bucket_request_resends_the_published_files_of_those_buckets(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(300):
+        (src / f"{i:03d}.pdf").write_bytes(b"%PDF " + str(i).encode())
+    hub = HubFixture(tmp_path, ["school-1"])
+    hub.add_subscription(FILE_SUB.format(directory=src))  # subscriber school-1
+    hub.publish()
+    keys = hub.agent_keys["school-1"]
+    buckets = sorted({_file_bucket("010.pdf"), _file_bucket("200.pdf")})
+    request = {**_request("f1", buckets=buckets), "subscription_id": "docs", "files": ["010.pdf"]}
+    _send(hub, "school-1", request, kind="request", seq=1)
+    hub.publish()
+    header, payload = _files_packages(hub.root, "school-1", keys, hub.platform)[-1]
+    expected = sorted(f"{i:03d}.pdf" for i in range(300) if _file_bucket(f"{i:03d}.pdf") in buckets)
+    assert [e["path"] for e in header.manifest["entries"]] == expected and len(expected) < 300 // 20
+    assert payload == b"".join((src / p).read_bytes() for p in expected)
+
+    # a file the platform does not publish cannot be removed safely by a delta: a snapshot instead
+    _send(hub, "school-1", {**request, "request_id": "f2", "files": ["gone.pdf"]}, kind="request", seq=2)
+    with caplog.at_level(logging.WARNING, logger="hub.publish"):
+        hub.publish()
+    assert any("does not publish" in r.getMessage() for r in caplog.records)
+    header, _payload = _files_packages(hub.root, "school-1", keys, hub.platform)[-1]
+    assert header.manifest["base_digest"] is None and len(header.manifest["entries"]) == 300

@@ -85,7 +85,7 @@ def _verify_one(config: Any, sub_id: str, entry: Any, audit: AuditTrail, queue: 
         if result.mismatched_buckets:
             request = reports.request(subscription_id=sub_id, request="resend_buckets",
                                       reason="local verify found a mismatch",
-                                      buckets=result.mismatched_buckets)
+                                      buckets=result.mismatched_buckets, files=result.mismatched_files)
         elif result.mismatched_files:
             request = reports.request(subscription_id=sub_id, request="resend_files",
                                       reason="local verify found drift", files=result.mismatched_files)
