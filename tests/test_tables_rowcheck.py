@@ -114,8 +114,9 @@ def test_a_broken_pool_falls_back_to_checking_here(
 
 
 def test_store_applies_large_packages_through_workers(small_tasks: None, db_url: str) -> None:
-    """Snapshot and delta on every database with the pool in use; a bad row late in the
-    payload rejects the whole package and leaves the table as it was."""
+    """Snapshot, delta and verify on every database with the pool in use (driver values of
+    each database cross to the workers); a bad row late in the payload rejects the whole
+    package and leaves the table as it was."""
     store = TableStore(db_url)
     try:
         source = Source()
@@ -141,7 +142,9 @@ def test_store_applies_large_packages_through_workers(small_tasks: None, db_url:
             deletes=[(f"T{i:06d}",) for i in range(1, 400, 6)],
         )
         result = store.apply(header, stream(payload), "staff")
-        assert result.applied and result.match
+        assert result.applied and result.match  # old rows were canonicalised and hashed in workers
         assert table_contents(db_url, "staff", STAFF_SCHEMA) == source.canonical_set()
+        verified = store.verify(source.subscription)  # the whole table, hashed in workers
+        assert verified.match and verified.matches_expected and verified.rows == len(source.rows)
     finally:
         store.close()

@@ -24,7 +24,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -41,12 +41,13 @@ from protocol.canonical import (
     RawBatch,
     Record,
     RecordFormatError,
+    canonicalizer,
     columns_from_schema,
     encode_values,
     key_indexes,
     parse_raw_batch,
 )
-from protocol.digest import LtHash
+from protocol.digest import LtHash, row_item
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +170,28 @@ def _check_task(
     return digest.to_bytes(), keys
 
 
+def hash_stored_rows(columns: Sequence[ColumnSpec], rows: Sequence[Sequence[Any]], digest: LtHash) -> None:
+    """Add rows read back from the database (driver values) to ``digest``, canonicalised."""
+    convert = [canonicalizer(c) for c in columns]
+    key_positions = key_indexes(columns)
+    keys: list[bytes] = []
+    items: list[bytes] = []
+    for row in rows:
+        key, item = row_item([f(v) for f, v in zip(convert, row, strict=True)], key_positions)
+        keys.append(key)
+        items.append(item)
+    digest.add(keys, items)
+
+
+def _hash_rows_task(
+    schema_key: str, schema: list[dict[str, Any]], kind: str, rows: list[Sequence[Any]]
+) -> tuple[bytes, list[bytes]]:
+    """Worker entry point: the partial digest of rows read back from the database."""
+    digest = LtHash()
+    hash_stored_rows(columns_from_schema(schema), rows, digest)
+    return digest.to_bytes(), []
+
+
 # ---------------------------------------------------------------- the pool
 
 _pool: ProcessPoolExecutor | None = None
@@ -176,7 +199,6 @@ _pool_off: str | None = None
 """Why worker processes are not used in this process any more (None while they are)."""
 _pool_lock = threading.Lock()
 
-Task = list[RawBatch]
 TaskResult = tuple[bytes, list[bytes]]
 
 
@@ -234,37 +256,27 @@ def shutdown_pool(wait: bool = True) -> None:
         pool.shutdown(wait=wait, cancel_futures=True)
 
 
-class RowPipeline:
-    """Checks a payload's framed batches, in worker processes once it is large.
+class _Tasks:
+    """Work cut into tasks of :data:`TASK_ROWS` rows: the first checked here, the rest in the
+    worker pool (a bounded number in flight), partial digests summed in submission order.
+    If the pool breaks, its tasks run here instead: slower, never skipped."""
 
-    ``submit`` every batch in payload order, then ``finish()`` for the digest of all upserted
-    rows (it raises the first rejection, in payload order). ``close()`` after an error. If the
-    worker pool breaks, its tasks are checked here instead: slower, never skipped.
-    """
+    worker_entry: Any  # the module-level function a worker runs on one task
 
-    def __init__(
-        self,
-        columns: Sequence[ColumnSpec],
-        schema: list[dict[str, Any]],
-        kind: str,
-        *,
-        workers: int | None = None,
-    ) -> None:
-        self.local = RowChecker(columns, kind)
+    def __init__(self, schema: list[dict[str, Any]], kind: str, workers: int | None) -> None:
         self.schema = schema
         self.schema_key = json.dumps(schema, sort_keys=True, ensure_ascii=False)
         self.kind = kind
         self.workers = worker_count() if workers is None else workers
         self.digest = LtHash()
-        self.rows_checked = 0
-        self._task: Task = []
+        self.rows_seen = 0
+        self._task: list[Any] = []
         self._task_rows = 0
-        self._inflight: deque[tuple[Future[TaskResult], Task]] = deque()
-        self._keys = KeyRegister(kind)
+        self._inflight: deque[tuple[Future[TaskResult], list[Any]]] = deque()
 
-    def submit(self, batch: RawBatch) -> None:
-        self._task.append(batch)
-        self._task_rows += len(batch.records)
+    def _add(self, item: Any, rows: int) -> None:
+        self._task.append(item)
+        self._task_rows += rows
         if self._task_rows >= TASK_ROWS:
             self._dispatch()
 
@@ -274,6 +286,76 @@ class RowPipeline:
         while self._inflight:
             self._collect()
         return self.digest
+
+    def close(self) -> None:
+        """Drop queued work (after an error); tasks already running finish in the worker."""
+        for future, _task in self._inflight:
+            future.cancel()
+        self._inflight.clear()
+        self._task = []
+
+    def _dispatch(self) -> None:
+        task, self._task, rows, self._task_rows = self._task, [], self._task_rows, 0
+        first = self.rows_seen == 0
+        self.rows_seen += rows
+        pool = None if self.workers == 0 or first else _shared_pool(self.workers)
+        if pool is None:
+            # the first task always runs here, so a small package never needs a worker
+            self._run_here(task)
+            return
+        while len(self._inflight) >= 2 * self.workers:
+            self._collect()
+        try:
+            future = pool.submit(type(self).worker_entry, self.schema_key, self.schema, self.kind, task)
+        except (BrokenProcessPool, RuntimeError, OSError) as exc:
+            _turn_pool_off(exc)
+            self._run_here(task)
+            return
+        self._inflight.append((future, task))
+
+    def _collect(self) -> None:
+        future, task = self._inflight.popleft()
+        try:
+            data, keys = future.result()
+        except (BrokenProcessPool, OSError) as exc:
+            _turn_pool_off(exc)
+            self._run_here(task)
+            return
+        partial = LtHash.from_bytes(data)
+        self.digest.lanes += partial.lanes
+        self.digest.counts += partial.counts
+        self._collected(keys)
+
+    def _run_here(self, task: list[Any]) -> None:
+        raise NotImplementedError
+
+    def _collected(self, keys: list[bytes]) -> None:
+        """Hook: what a worker returned besides the digest."""
+
+
+class RowPipeline(_Tasks):
+    """Checks a payload's framed batches, in worker processes once it is large.
+
+    ``submit`` every batch in payload order, then ``finish()`` for the digest of all upserted
+    rows (it raises the first rejection, in payload order). ``close()`` after an error.
+    """
+
+    worker_entry = _check_task
+
+    def __init__(
+        self,
+        columns: Sequence[ColumnSpec],
+        schema: list[dict[str, Any]],
+        kind: str,
+        *,
+        workers: int | None = None,
+    ) -> None:
+        super().__init__(schema, kind, workers)
+        self.local = RowChecker(columns, kind)
+        self._keys = KeyRegister(kind)
+
+    def submit(self, batch: RawBatch) -> None:
+        self._add(batch, len(batch.records))
 
     @contextlib.contextmanager
     def precise_errors(self) -> Iterator[None]:
@@ -290,47 +372,31 @@ class RowPipeline:
                 raise rejection from exc
             raise
 
-    def close(self) -> None:
-        """Drop queued work (after an error); tasks already running finish in the worker."""
-        for future, _task in self._inflight:
-            future.cancel()
-        self._inflight.clear()
-        self._task = []
-
-    def _dispatch(self) -> None:
-        task, self._task, rows, self._task_rows = self._task, [], self._task_rows, 0
-        first = self.rows_checked == 0
-        self.rows_checked += rows
-        pool = None if self.workers == 0 or first else _shared_pool(self.workers)
-        if pool is None:
-            # the first task is always checked here, so a small payload never needs a worker
-            self._check_here(task)
-            return
-        while len(self._inflight) >= 2 * self.workers:
-            self._collect()
-        try:
-            future = pool.submit(_check_task, self.schema_key, self.schema, self.kind, task)
-        except (BrokenProcessPool, RuntimeError, OSError) as exc:
-            _turn_pool_off(exc)
-            self._check_here(task)
-            return
-        self._inflight.append((future, task))
-
-    def _check_here(self, task: Task) -> None:
+    def _run_here(self, task: list[Any]) -> None:
         self._keys.add(self.local.check_and_hash(task, self.digest))
 
-    def _collect(self) -> None:
-        future, task = self._inflight.popleft()
-        try:
-            data, keys = future.result()
-        except (BrokenProcessPool, OSError) as exc:
-            _turn_pool_off(exc)
-            self._check_here(task)
-            return
-        partial = LtHash.from_bytes(data)
-        self.digest.lanes += partial.lanes
-        self.digest.counts += partial.counts
+    def _collected(self, keys: list[bytes]) -> None:
         self._keys.add(keys)
+
+
+class StoredRowsDigest(_Tasks):
+    """The digest of rows read back from the database (a delta's old rows, a whole table for
+    ``verify``): canonicalising driver values costs as much as hashing, so both go to workers."""
+
+    worker_entry = _hash_rows_task
+
+    def __init__(
+        self, columns: Sequence[ColumnSpec], schema: list[dict[str, Any]], *, workers: int | None = None
+    ) -> None:
+        super().__init__(schema, "stored", workers)
+        self.columns = list(columns)
+
+    def feed(self, rows: Iterable[Sequence[Any]]) -> None:
+        for row in rows:
+            self._add(tuple(row), 1)
+
+    def _run_here(self, task: list[Any]) -> None:
+        hash_stored_rows(self.columns, task, self.digest)
 
 
 __all__ = [
@@ -338,6 +404,7 @@ __all__ = [
     "KeyRegister",
     "RowChecker",
     "RowPipeline",
+    "StoredRowsDigest",
     "add_upserts",
     "record_keys",
     "shutdown_pool",

@@ -36,7 +36,13 @@ from connectors.stores.tables.errors import (
     UnsupportedPackage,
 )
 from connectors.stores.tables.names import check_name, internal_name
-from connectors.stores.tables.rowcheck import KeyRegister, RowChecker, RowPipeline, add_upserts
+from connectors.stores.tables.rowcheck import (
+    KeyRegister,
+    RowChecker,
+    RowPipeline,
+    StoredRowsDigest,
+    add_upserts,
+)
 from connectors.stores.tables.schema import (
     added_columns,
     build_table,
@@ -60,12 +66,10 @@ from protocol.canonical import (
     RawBatch,
     Record,
     RecordFormatError,
-    canonicalizer,
     columns_from_schema,
     iter_raw_batches,
-    key_indexes,
 )
-from protocol.digest import BATCH, DigestError, LtHash, mismatched_buckets, row_item
+from protocol.digest import BATCH, DigestError, LtHash, mismatched_buckets
 
 KIND_SNAPSHOT = "snapshot"
 KIND_DELTA = "delta"
@@ -447,41 +451,13 @@ class TableStore:
     def _add_to_digest(digest: LtHash, batch: Batch, key_positions: Sequence[int]) -> None:
         add_upserts(digest, batch.records, key_positions)
 
-    def _remove_from_digest(
-        self,
-        digest: LtHash,
-        rows: Iterable[Sequence[Any]],
-        columns: Sequence[ColumnSpec],
-        key_positions: Sequence[int],
-    ) -> None:
-        keys: list[bytes] = []
-        items: list[bytes] = []
-        convert = [canonicalizer(c) for c in columns]
-        for row in rows:
-            key, item = row_item([f(v) for f, v in zip(convert, row, strict=True)], key_positions)
-            keys.append(key)
-            items.append(item)
-            if len(items) >= BATCH:
-                digest.remove(keys, items)
-                keys, items = [], []
-        digest.remove(keys, items)
-
     def _hash_table(self, conn: Connection, table: str, columns: Sequence[ColumnSpec]) -> LtHash:
-        digest = LtHash()
-        key_positions = key_indexes(columns)
-        canonicalizers = [canonicalizer(c) for c in columns]
-        keys: list[bytes] = []
-        items: list[bytes] = []
-        for row in self.dialect.select_all(conn, table, columns):
-            values = [f(v) for f, v in zip(canonicalizers, row, strict=True)]
-            key, item = row_item(values, key_positions)
-            keys.append(key)
-            items.append(item)
-            if len(items) >= BATCH:
-                digest.add(keys, items)
-                keys, items = [], []
-        digest.add(keys, items)
-        return digest
+        hasher = StoredRowsDigest(columns, schema_to_json(columns))
+        try:
+            hasher.feed(self.dialect.select_all(conn, table, columns))
+            return hasher.finish()
+        finally:
+            hasher.close()
 
     # ---------------------------------------------------------------- snapshots
     def _load_staging(
@@ -685,7 +661,6 @@ class TableStore:
         result: ApplyResult,
         expected: Mapping[str, Any] | None,
     ) -> None:
-        key_positions = key_indexes(columns)
         with self.engine.connect() as conn:
             if not self._has_table(conn, table):
                 state = read_state(conn, header.subscription)
@@ -705,20 +680,20 @@ class TableStore:
             ):
                 raise TableEnvironmentError("the position moved while the delta was being prepared; retry")
             digest = LtHash.from_bytes(state.digest) if state.digest else LtHash()
-            pipeline = RowPipeline(columns, schema_to_json(columns), KIND_DELTA)
+            schema = schema_to_json(columns)
+            pipeline = RowPipeline(columns, schema, KIND_DELTA)
+            replaced = StoredRowsDigest(columns, schema)  # the rows the delta overwrites or deletes
             applier: DeltaApplier = self.dialect.delta_applier(conn, table, columns)
             try:
                 with pipeline.precise_errors():
                     for raw in self._framed(plaintext):
                         pipeline.submit(raw)
-                        old_rows = applier.stage(Batch(raw=raw, width=len(columns)))
-                        self._remove_from_digest(digest, old_rows, columns, key_positions)
-                    self._remove_from_digest(digest, applier.finish(), columns, key_positions)
-                added = pipeline.finish()
-                digest.lanes += added.lanes
-                digest.counts += added.counts
+                        replaced.feed(applier.stage(Batch(raw=raw, width=len(columns))))
+                    replaced.feed(applier.finish())
+                digest = digest.difference(replaced.finish()).combine(pipeline.finish())
             except BaseException as exc:
                 pipeline.close()
+                replaced.close()
                 applier.abort(exc)
                 raise
             result.rows_upserted, result.rows_deleted, result.rows = (
