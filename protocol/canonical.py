@@ -533,13 +533,20 @@ def canonicalizer(column: ColumnSpec) -> Callable[[object], str | None]:
 
         return decimal
     if family is Family.TIMESTAMP:
+        any_fraction = ctype.fraction >= 6  # every microsecond value fits
 
         def timestamp(value: object) -> str | None:
-            if type(value) is datetime and value.tzinfo is None and not value.microsecond:
-                return format_timestamp(value, 0)
+            if type(value) is datetime and value.tzinfo is None and (any_fraction or not value.microsecond):
+                return format_timestamp(value, 6)
             return slow(value)
 
         return timestamp
+    if family is Family.DATE:
+
+        def day(value: object) -> str | None:
+            return value.isoformat() if type(value) is date else slow(value)
+
+        return day
     return slow
 
 

@@ -417,13 +417,23 @@ def test_error_names_the_right_line_across_chunks() -> None:
 @settings(max_examples=300, deadline=None)
 @given(
     st.sampled_from(
-        ["NUMBER(12,2)", "NUMBER(4,2)", "NUMBER(5)", "VARCHAR2(5)", "TIMESTAMP(3)", "DATE", "CHAR(3)"]
+        [
+            "NUMBER(12,2)",
+            "NUMBER(4,2)",
+            "NUMBER(5)",
+            "VARCHAR2(5)",
+            "TIMESTAMP(3)",
+            "TIMESTAMP",
+            "DATE",
+            "CHAR(3)",
+        ]
     ),
     st.one_of(
         st.decimals(allow_nan=False, allow_infinity=False),
         st.decimals(places=2, allow_nan=False, allow_infinity=False),
         st.text(max_size=8),
         st.datetimes(),
+        st.dates(),
         st.integers(),
         st.none(),
     ),
