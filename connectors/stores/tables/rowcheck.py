@@ -237,6 +237,21 @@ def _shared_pool(workers: int) -> ProcessPoolExecutor | None:
         return _pool
 
 
+def _ready() -> None:
+    """A no-op task: submitting one per worker starts them (imports take a second)."""
+
+
+def _warm_up_pool(workers: int) -> None:
+    pool = _shared_pool(workers)
+    if pool is None:
+        return
+    try:
+        for _ in range(workers):
+            pool.submit(_ready)
+    except (BrokenProcessPool, RuntimeError, OSError) as exc:
+        _turn_pool_off(exc)
+
+
 def _turn_pool_off(reason: BaseException) -> None:
     """A worker could not start or died: check rows in this process from now on (and say so)."""
     global _pool_off
@@ -278,6 +293,8 @@ class _Tasks:
         self._task.append(item)
         self._task_rows += rows
         if self._task_rows >= TASK_ROWS:
+            if self.rows_seen == 0 and self.workers:
+                _warm_up_pool(self.workers)  # more is coming: start workers while this task runs here
             self._dispatch()
 
     def finish(self) -> LtHash:
