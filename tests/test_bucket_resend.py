@@ -7,6 +7,7 @@ the agent's table store on real SQLite, PostgreSQL and MariaDB targets, end to e
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ from protocol.canonical import encode_record
 from protocol.errors import HeaderFormatError, InvalidFieldError
 from protocol.header import DIGEST_BUCKETS
 from protocol.keys import init_keys
-from protocol.layout import INBOX, sorted_packages
+from protocol.layout import INBOX, package_filename, sorted_packages
 from protocol.package import PackageWriter, open_package, read_header
 from tests.tables_helpers import STAFF_SCHEMA, Header, Source, staff_row, stream, table_contents
 from tests.test_e2e_local import Site, StaffSource, table_rows
@@ -262,17 +263,23 @@ def _inbox_headers(site: Site) -> list[Any]:
     ]
 
 
+def _table_site(site: Site, url: str, rows: int) -> StaffSource:
+    """A staff table of ``rows`` rows published to the site's agent and applied into ``url``."""
+    site.databases = {"main": url}
+    site.write_config()
+    source = StaffSource(site.root / "source.db")
+    source.upsert(range(1, rows + 1))
+    site.add_table_subscription("staff", source.path, "T_JZGJBXX")
+    site.publish()
+    assert site.run_once() == 0
+    return source
+
+
 def test_verify_mismatch_is_repaired_by_a_bucket_resend(site: Site, db_url: str) -> None:
     """Rows updated, deleted and inserted behind the agent's back in a few buckets: verify names
     exactly those buckets, the request reaches the hub, the next publish sends those buckets'
     rows only (next to this run's ordinary delta), the agent applies both and verifies clean."""
-    site.databases = {"main": db_url}
-    site.write_config()
-    source = StaffSource(site.root / "source.db")
-    source.upsert(range(1, 3001))
-    site.add_table_subscription("staff", source.path, "T_JZGJBXX")
-    site.publish()
-    assert site.run_once() == 0
+    source = _table_site(site, db_url, 3000)
 
     engine = sa.create_engine(db_url)
     target = sa.Table("T_JZGJBXX", sa.MetaData(), autoload_with=engine)
@@ -494,3 +501,36 @@ def test_file_bucket_request_resends_the_published_files_of_those_buckets(
     assert any("does not publish" in r.getMessage() for r in caplog.records)
     header, _payload = _files_packages(hub.root, "school-1", keys, hub.platform)[-1]
     assert header.manifest["base_digest"] is None and len(header.manifest["entries"]) == 300
+
+
+def test_agent_quarantines_a_signed_bucket_resend_with_a_bad_bucket_list(site: Site) -> None:
+    """The platform's own key, a well-formed payload, but ``replace_buckets: [300]``: the daemon
+    rejects it at the header (never half-applied), quarantines it with the reason, and reports it."""
+    _table_site(site, f"sqlite:///{site.root / 'target.db'}", 50)
+    before = table_rows(site.databases["main"], "T_JZGJBXX")
+    snapshot = _inbox_headers(site)[0]
+    name = package_filename("staff", 2, "cd" * 16)
+    writer = PackageWriter(
+        site.exchange / INBOX / name,
+        kind="delta",
+        sender=site.platform_keys,
+        recipient=site.agent_keys.public_bundle(),
+        subscription="staff",
+        sequence=2,
+        builds_on=1,
+        package_id="cd" * 16,
+        catalog=dict(snapshot.catalog),
+        schema=list(snapshot.schema),
+        expected_state=snapshot.expected_state,
+    )
+    writer._fields["replace_buckets"] = [300]  # what the writer itself refuses
+    with writer:
+        writer.write(b"")
+    assert site.run_once() == 1
+    reason = json.loads((site.state / "quarantine" / (name + ".reason")).read_text())
+    assert "replace_buckets: 300 is not a digest bucket" in reason["reason"]
+    assert table_rows(site.databases["main"], "T_JZGJBXX") == before
+    rejected = [
+        d for d in site.outbox_documents() if d["type"] == "apply_receipt" and d["result"] == "rejected"
+    ]
+    assert rejected and rejected[0]["sequence"] == 2
