@@ -144,6 +144,21 @@ def test_reader_rejects_a_signed_header_with_a_bad_bucket_list(
     assert "header field replace_buckets" in str(caught.value)
 
 
+def test_the_bucket_resend_vector_names_its_buckets_and_holds_only_their_rows() -> None:
+    from tests.vectors import generate
+
+    vectors = Path(generate.__file__).resolve().parent
+    header = json.loads((vectors / "v1-bucket-resend.header.json").read_bytes())
+    assert header["kind"] == "delta" and header["builds_on"] == header["sequence"] - 1
+    assert header["replace_buckets"] == generate.RESEND_BUCKETS
+    rows = list(canonical.iter_records([(vectors / "v1-bucket-resend.plaintext").read_bytes()], 5))
+    snapshot = list(canonical.iter_records([(vectors / "v1-snapshot.plaintext").read_bytes()], 5))
+    named = set(header["replace_buckets"])
+    in_buckets = [r.values for r in snapshot if r.op == "U" and _bucket(str(r.values[0])) in named]
+    assert [r.values for r in rows] == in_buckets and {"7", "42"} <= {r.values[0] for r in rows}
+    assert header["counts"]["rows_upserted"] == len(rows)
+
+
 # ---------------------------------------------------------------- hub
 
 

@@ -59,6 +59,23 @@ def snapshot_plaintext() -> bytes:
     return "".join(rows).encode("utf-8")
 
 
+def _key_bucket(key: str) -> int:
+    from protocol.digest import bucket_of
+
+    return bucket_of(('"' + key + '"').encode("utf-8"))  # the canonical encoding of a one-column key
+
+
+RESEND_BUCKETS = sorted({_key_bucket("7"), _key_bucket("42")})
+
+
+def bucket_resend_plaintext() -> bytes:
+    """The snapshot's upserts whose key is in RESEND_BUCKETS (the answer to a resend_buckets request)."""
+    lines = snapshot_plaintext().decode("utf-8").splitlines(keepends=True)
+    upserts = [line for line in lines if line.startswith("U,")]
+    keep = [line for line in upserts if _key_bucket(line.split('"')[1]) in RESEND_BUCKETS]
+    return "".join(keep).encode("utf-8")
+
+
 VECTORS: dict[str, dict[str, Any]] = {
     "v1-snapshot": {
         "plaintext": snapshot_plaintext,
@@ -111,6 +128,21 @@ VECTORS: dict[str, dict[str, Any]] = {
         "package_id": "0123456789abcdef0123456789abcdef",
         "data_key": bytes(range(0x80, 0xA0)),
         "ephemeral": bytes.fromhex("5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb"),
+    },
+    "v1-bucket-resend": {
+        "plaintext": bucket_resend_plaintext,
+        "fields": {
+            "kind": "delta",
+            "subscription": "sub-teacher-papers",
+            "sequence": 3,
+            "builds_on": 2,
+            "replace_buckets": RESEND_BUCKETS,
+            "counts": {"rows_upserted": len(bucket_resend_plaintext().splitlines()), "rows_deleted": 0},
+            "expected_state": {"rows": 60},
+        },
+        "package_id": "00112233445566778899aabbccddeeff",
+        "data_key": bytes(range(0x40, 0x60)),
+        "ephemeral": bytes(range(0x60, 0x80)),
     },
     "v1-empty-receipt": {
         "plaintext": lambda: b"",
