@@ -140,13 +140,18 @@ class SqlDialect(ABC):
         """Hook run when SQLAlchemy begins a transaction (SQLite opens it explicitly)."""
 
     # -- bulk operations ------------------------------------------------------------------
-    def bound_rows(self, batch: Batch, binders: Sequence[Binder | None]) -> list[list[object]]:
+    def bound_rows(self, batch: Batch, binders: Sequence[Binder | None]) -> Sequence[Sequence[object]]:
+        """Driver parameters of each record (read-only: may share the records' value lists)."""
+        active = [(i, bind) for i, bind in enumerate(binders) if bind is not None]
+        if not active:
+            return [record.values for record in batch.records]
         rows = []
         for record in batch.records:
             values: list[object] = list(record.values)
-            for i, bind in enumerate(binders):
-                if bind is not None and values[i] is not None:
-                    values[i] = bind(values[i])  # type: ignore[arg-type]
+            for i, bind in active:
+                value = values[i]
+                if value is not None:
+                    values[i] = bind(value)  # type: ignore[arg-type]
             rows.append(values)
         return rows
 
