@@ -278,22 +278,17 @@ def _load_expression(ctype: ColumnType, var: str) -> str | None:
 
 
 def _null_words(line: str) -> str:
-    """Write each NULL (an empty unquoted field) of a canonical line as the word ``NULL``.
+    """Write each NULL (an empty unquoted field) of a canonical ``op,values`` line as ``NULL``.
 
-    Outside the quotes a canonical line holds only commas (and the op), so after splitting
-    on ``"`` the even-numbered parts are what lies between quoted values: an empty piece
-    there is a NULL field unless it merely touches a quote (a doubled ``""`` inside a value
-    gives an empty even part that touches quotes on both sides).
+    Outside the quotes a canonical line holds only the op and commas, so after splitting on
+    ``"`` the even-numbered parts are what lies between quoted values (a doubled ``""``
+    inside a value only adds an empty even part): there, ``,,`` encloses a NULL field, and
+    a line ending with ``,`` ends with one.
     """
     parts = line.split('"')
-    last = len(parts) - 1
-    for i in range(0, len(parts), 2):
-        pieces = parts[i].split(",")
-        end = len(pieces) - 1
-        for j, piece in enumerate(pieces):
-            if not piece and not (j == 0 and i > 0) and not (j == end and i < last):
-                pieces[j] = "NULL"
-        parts[i] = ",".join(pieces)
+    parts[0::2] = [p.replace(",,", ",NULL,").replace(",,", ",NULL,") if ",," in p else p for p in parts[0::2]]
+    if parts[-1].endswith(","):
+        parts[-1] += "NULL"
     return '"'.join(parts)
 
 
