@@ -14,6 +14,7 @@ import logging
 import os
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -346,3 +347,31 @@ def test_a_failing_delta_changes_nothing(store: TableStore, mysql_url: str) -> N
     assert table_contents(mysql_url, TABLE, STAFF_SCHEMA) == before
     assert store.position(source.subscription) == position
     assert dialect_base  # the interface the loaders implement
+
+
+def test_abort_cuts_a_statement_the_server_does_not_end(
+    mysql_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The LOAD waits for a table lock held elsewhere, so the server never asks for the rows:
+    abort() gives up after its grace period and shuts the connection down instead of hanging."""
+    monkeypatch.setattr(mysql_dialect, "_ABORT_GRACE", 2.0)
+    engine = sa.create_engine(mysql_url, connect_args={"local_infile": True})
+    try:
+        with engine.connect() as holder:
+            holder.exec_driver_sql("CREATE TABLE t (k INT PRIMARY KEY, v LONGTEXT)", ())
+            holder.exec_driver_sql("LOCK TABLES t WRITE", ())
+            with engine.connect() as conn:
+                driver = conn.connection.driver_connection
+                load = mysql_dialect._LocalInfile(driver, lambda path: LOAD_T.format(path=path))
+                time.sleep(0.5)  # let the statement reach the lock
+                assert load.thread.is_alive()
+                load.abort()
+                assert not load.thread.is_alive()
+                assert isinstance(load.error, Exception)  # the cut connection ended the statement
+                assert leftovers() == ([], [])
+                conn.invalidate()
+            holder.exec_driver_sql("UNLOCK TABLES", ())
+            assert holder.exec_driver_sql("SELECT COUNT(*) FROM t", ()).scalar() == 0
+            holder.exec_driver_sql("DROP TABLE t", ())
+    finally:
+        engine.dispose()
