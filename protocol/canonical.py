@@ -971,10 +971,25 @@ def parse_raw_batch(batch: RawBatch, width: int) -> list[Record]:
                 raise RecordFormatError(f"record at line {number}: {exc}") from None
         raise  # pragma: no cover
     lines: Sequence[int] = numbers if numbers is not None else range(first_line, first_line + len(records))
-    # The common shape, checked per record by C-level maps: op unquoted, every field quoted,
-    # no quote inside any value (all quotes are the 2 * width around the fields), no NULL.
+    simple = _simple_shapes(parsed, records, width)
+    values = [fields[1:] for fields in parsed]
+    bodies = [raw[2:] for raw in records]
+    if all(simple):
+        return list(map(Record, [fields[0] for fields in parsed], values, bodies, lines))  # type: ignore[arg-type]
+    return [
+        Record(fields[0], value, body, line) if ok else _record(fields, raw, width, line)
+        for ok, fields, value, body, raw, line in zip(
+            simple, parsed, values, bodies, records, lines, strict=True
+        )
+    ]
+
+
+def _simple_shapes(parsed: list[list[str]], records: list[str], width: int) -> list[bool]:
+    """Per record, whether it has the common shape, checked by C-level maps: op unquoted,
+    every field quoted, no quote inside any value (all quotes are the 2 * width around the
+    fields), no NULL. Such a record's csv fields are its values exactly."""
     count, quotes, separators = width + 1, 2 * width, width - 1
-    simple = list(
+    return list(
         map(
             all,
             zip(
@@ -988,15 +1003,34 @@ def parse_raw_batch(batch: RawBatch, width: int) -> list[Record]:
             ),
         )
     )
-    values = [fields[1:] for fields in parsed]
-    bodies = [raw[2:] for raw in records]
-    if all(simple):
-        return list(map(Record, [fields[0] for fields in parsed], values, bodies, lines))  # type: ignore[arg-type]
+
+
+def simple_columns(batch: RawBatch, width: int) -> list[tuple[str | None, ...]] | None:
+    """The batch's values column by column (the ops first, NULL as None) when no record has a
+    quote inside a value or a quoted empty string; None when any record needs the general
+    parser. Checked by C-level maps: without ``""`` in a record, each quoted field holds
+    exactly two quotes, so the quote count says every non-empty field is quoted (canonical)
+    and every empty one is unquoted (NULL)."""
+    import csv
+
+    records = batch.records
+    try:
+        parsed = list(csv.reader(records, strict=True))
+    except csv.Error:
+        return None
+    nonempty_quotes = map(
+        operator.mul, repeat(2), map(operator.sub, repeat(width), map(list.count, parsed, repeat("")))
+    )
+    if not (
+        all(map((width + 1).__eq__, map(len, parsed)))
+        and all(map(str.startswith, records, repeat(("U,", "D,"))))
+        and not any(map(operator.contains, records, repeat('""')))
+        and all(map(operator.eq, map(str.count, records, repeat('"')), nonempty_quotes))
+    ):
+        return None
     return [
-        Record(fields[0], value, body, line) if ok else _record(fields, raw, width, line)
-        for ok, fields, value, body, raw, line in zip(
-            simple, parsed, values, bodies, records, lines, strict=True
-        )
+        column if "" not in column else tuple(v or None for v in column)
+        for column in zip(*parsed, strict=True)
     ]
 
 
@@ -1112,5 +1146,6 @@ __all__ = [
     "parse_raw_batch",
     "parse_type",
     "quote",
+    "simple_columns",
     "to_python",
 ]

@@ -21,6 +21,7 @@ from protocol.canonical import (
     columns_from_schema,
     compile_format,
     encode_record,
+    iter_raw_batches,
     iter_records,
     parse_type,
     to_python,
@@ -451,3 +452,34 @@ def test_fast_canonicalizer_agrees_with_canonicalize(declared: str, value: objec
     except InvalidValueError as exc:
         got = exc.reason
     assert got == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["U", "D"]),
+            st.lists(
+                st.one_of(st.none(), st.just(""), st.text(alphabet='ab,"\n张 ', max_size=5)),
+                min_size=3,
+                max_size=3,
+            ),
+        ),
+        min_size=1,
+        max_size=20,
+    )
+)
+def test_simple_columns_agree_with_the_general_parser(rows: list[tuple[str, list[str | None]]]) -> None:
+    """The column-wise fast path either declines or returns exactly what the parser does."""
+    from protocol.canonical import RawBatch, parse_raw_batch, simple_columns
+
+    payload = b"".join(encode_record(op, values) for op, values in rows)
+    (batch,) = list(iter_raw_batches([payload]))
+    expected = parse_raw_batch(batch, 3)
+    columns = simple_columns(RawBatch(batch.records, batch.numbers, batch.first_line), 3)
+    has_quote_or_empty = any(v is not None and ('"' in v or v == "") for _op, values in rows for v in values)
+    if columns is None:
+        assert has_quote_or_empty
+        return
+    assert list(columns[0]) == [r.op for r in expected]
+    assert [list(row) for row in zip(*columns[1:], strict=True)] == [r.values for r in expected]
