@@ -27,6 +27,7 @@ from protocol.canonical import (
     Record,
     RecordFormatError,
     parse_raw_batch,
+    simple_columns,
 )
 
 Binder = Callable[[str], object]
@@ -59,6 +60,14 @@ class Batch:
             except RecordFormatError as exc:
                 raise PayloadMalformed(str(exc)) from exc
         return self._records
+
+    def value_columns(self) -> list[tuple[str | None, ...]] | None:
+        """The values column by column, straight from the framed text when every record has
+        the simple shape (``protocol.canonical.simple_columns``); None otherwise."""
+        if self.raw is None or self._records is not None:
+            return None
+        columns = simple_columns(self.raw, self.width)
+        return columns[1:] if columns is not None else None
 
     def lines(self) -> list[str]:
         """Each record's text, ``op,values`` (no terminator)."""
@@ -142,6 +151,13 @@ class SqlDialect(ABC):
     # -- bulk operations ------------------------------------------------------------------
     def bound_rows(self, batch: Batch, binders: Sequence[Binder | None]) -> Sequence[Sequence[object]]:
         """Driver parameters of each record (read-only: may share the records' value lists)."""
+        columns = batch.value_columns()
+        if columns is not None:
+            bound = [
+                column if bind is None else tuple(None if v is None else bind(v) for v in column)
+                for column, bind in zip(columns, binders, strict=True)
+            ]
+            return list(zip(*bound, strict=True))
         active = [(i, bind) for i, bind in enumerate(binders) if bind is not None]
         if not active:
             return [record.values for record in batch.records]
