@@ -58,6 +58,7 @@ _KEY_CHUNK = 1000
 _DELTA_TABLE = "edu_sync_delta"
 _PIPE_SIZE = 1 << 20  # fewer wake-ups of the driver's reading thread (Linux F_SETPIPE_SZ)
 _NET_READ_TIMEOUT = 600  # seconds the server waits for the next rows while the agent validates
+_fallbacks_logged: set[str] = set()
 _ABORT_GRACE = 30.0  # seconds abort() waits for the statement before cutting the connection
 _MAX_VARCHAR = 1000  # utf8mb4: 4 bytes a character against the 65,535-byte row limit
 
@@ -73,10 +74,6 @@ _INT_TYPES: list[tuple[int, int, Any]] = [
 class MySQLDialect(SqlDialect):
     name = "mysql"
     transactional_ddl = False
-
-    def __init__(self, sa_dialect: Any) -> None:
-        super().__init__(sa_dialect)
-        self._fallback_logged = False
 
     def table_options(self) -> dict[str, Any]:
         return {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
@@ -145,7 +142,7 @@ class MySQLDialect(SqlDialect):
 
     # -- LOAD DATA LOCAL INFILE -----------------------------------------------------------
     def local_infile(self, conn: Connection) -> bool:
-        """True when both ends allow ``LOAD DATA LOCAL``; logs the fallback once otherwise."""
+        """True when both ends allow ``LOAD DATA LOCAL``; logs each reason to fall back once."""
         driver = conn.connection.driver_connection
         if not _is_pymysql(driver):
             reason = f"the driver is {self.sa_dialect.driver}, not PyMySQL"
@@ -156,8 +153,8 @@ class MySQLDialect(SqlDialect):
             if str(server).upper() in ("1", "ON"):
                 return True
             reason = "local_infile is OFF on the server"
-        if not self._fallback_logged:
-            self._fallback_logged = True
+        if reason not in _fallbacks_logged:  # once per process: a daemon opens many stores
+            _fallbacks_logged.add(reason)
             log.info("MySQL/MariaDB: %s; loading with multi-row INSERT statements instead", reason)
         return False
 
