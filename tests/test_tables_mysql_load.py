@@ -194,6 +194,21 @@ def test_without_local_the_store_falls_back_to_inserts_and_says_so_once(
     assert len(notes) == 1 and "the connection was made without local_infile" in notes[0]
 
 
+def test_the_database_url_can_refuse_local(mysql_url: str, loaders: list[str]) -> None:
+    url = sa.make_url(mysql_url).update_query_dict({"local_infile": "0"})
+    store = TableStore(url)
+    try:
+        source = Source()
+        assert apply(store, *source.snapshot([staff_row(i) for i in range(30)])).match
+        assert apply(store, *source.delta(upserts=[staff_row(i, 1) for i in range(0, 30, 2)])).match
+        assert table_contents(mysql_url, TABLE, STAFF_SCHEMA) == source.canonical_set()
+        with store.engine.connect() as conn:  # and PyMySQL refuses any request for a file
+            assert conn.connection.driver_connection._local_infile is False  # type: ignore[union-attr]
+    finally:
+        store.close()
+    assert loaders == ["ExecutemanyLoader", "_Delta"]
+
+
 def test_local_off_on_the_server_falls_back(
     store: TableStore, mysql_url: str, loaders: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

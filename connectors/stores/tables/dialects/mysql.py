@@ -144,7 +144,10 @@ class MySQLDialect(SqlDialect):
     def local_infile(self, conn: Connection) -> bool:
         """True when both ends allow ``LOAD DATA LOCAL``; logs each reason to fall back once."""
         driver = conn.connection.driver_connection
-        if not _is_pymysql(driver):
+        opted = str(conn.engine.url.query.get("local_infile", "")).strip().lower()
+        if opted in ("0", "false", "no", "off"):
+            reason = "the database URL sets local_infile=0"
+        elif not _is_pymysql(driver):
             reason = f"the driver is {self.sa_dialect.driver}, not PyMySQL"
         elif not getattr(driver, "client_flag", 0) & _LOCAL_FILES:
             reason = "the connection was made without local_infile"
