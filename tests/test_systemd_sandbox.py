@@ -220,12 +220,15 @@ def test_the_whole_demo_runs_in_the_units_seccomp_sandbox(tmp_path: Path) -> Non
         pytest.fail("systemd-analyze is not installed (apt-get install systemd)")
     allow = tmp_path / "allow.txt"
     allow.write_text("\n".join(unit_allow_list(tool)))
+    # 40,000 rows: the snapshot is large enough that its rows are checked in worker processes
+    # (connectors/stores/tables/rowcheck.py), so spawning them is tested under the filters too
     result = run_under_filter(
         ["--syscalls", str(allow), sys.executable, "-m", "agent.cli", "demo", "--dir", str(tmp_path / "d"),
-         "--rows", "300"],
+         "--rows", "40000"],
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "demo succeeded" in result.stdout
+    assert "workers failed" not in result.stdout + result.stderr  # the pool was not refused
 
 
 def test_the_syscall_sandbox_is_real(tmp_path: Path) -> None:
