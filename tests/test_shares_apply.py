@@ -555,28 +555,44 @@ def test_a_large_change_split_into_a_chain_of_packages_applies_link_by_link(
 
 
 @pytest.mark.parametrize("prefetch", [False, True])
-def test_payload_reader_reads_exact_counts_and_forwards_errors(prefetch: bool) -> None:
-    from connectors.stores.shares.stream import PayloadReader
+def test_entry_reader_cuts_and_hashes_entries_and_forwards_errors(prefetch: bool) -> None:
+    from connectors.stores.shares.stream import EntryReader
 
-    with PayloadReader(iter([b"abc", b"", b"defgh"]), prefetch=prefetch) as reader:
-        assert bytes(reader.read(2)) == b"ab"
-        assert bytes(reader.read(10)) == b"c"
-        assert bytes(reader.read(4)) == b"defg"
-        assert not reader.at_end()
-        assert bytes(reader.read(4)) == b"h" and reader.at_end()
+    def sha(data: bytes) -> str:
+        return hashlib.sha256(data).hexdigest()
+
+    sizes = [("a", 2), ("empty", 0), ("b", 4), ("c", 2)]
+    with EntryReader(iter([b"abc", b"", b"defgh"]), sizes, prefetch=prefetch) as reader:
+        got = [(b"".join(reader.blocks()), reader.digest) for _ in range(3)]
+        assert got == [(b"ab", sha(b"ab")), (b"", sha(b"")), (b"cdef", sha(b"cdef"))]
+        assert reader.skip() == sha(b"gh")
+        reader.finish()
+
+    with EntryReader(iter([b"abc", b"defg"]), sizes, prefetch=prefetch) as reader:
+        assert [bytes(b) for b in reader.blocks()] == [b"ab"]
+        reader.skip()
+        reader.skip()
+        with pytest.raises(E.PayloadTooShortError, match="1 bytes into 'c'"):
+            reader.skip()
+
+    with EntryReader(iter([b"abcdefghX"]), sizes, prefetch=prefetch) as reader:
+        for _ in sizes:
+            reader.skip()
+        with pytest.raises(E.PayloadTooLongError, match="after the 4 declared entries"):
+            reader.finish()
 
     def broken() -> Iterator[bytes]:
         yield b"x" * 10
         raise Interrupted("chunk failed authentication")
 
-    with PayloadReader(broken(), prefetch=prefetch) as reader:
-        assert bytes(reader.read(10)) == b"x" * 10
+    with EntryReader(broken(), [("x", 10), ("y", 1)], prefetch=prefetch) as reader:
+        assert reader.skip() == sha(b"x" * 10)
         with pytest.raises(Interrupted):
-            reader.read(1)
+            reader.skip()
 
     endless = (b"y" * 1024 for _ in iter(int, 1))
-    with PayloadReader(endless, prefetch=prefetch) as reader:  # closing stops the producer
-        assert len(reader.read(5)) == 5
+    with EntryReader(endless, [("y", 1 << 40)], prefetch=prefetch) as reader:  # closing stops the producer
+        assert len(next(reader.blocks())) == 1024
 
 
 def test_writeback_is_started_over_each_staged_file_and_the_barrier_still_follows(

@@ -60,7 +60,6 @@ from connectors.stores.shares.errors import (
     InsufficientSpaceError,
     InvalidShareConfigError,
     PackageRejected,
-    PayloadTooLongError,
     PayloadTooShortError,
     RecoveryError,
     UnsafeDestinationError,
@@ -83,7 +82,7 @@ from connectors.stores.shares.results import (
     VerifyResult,
 )
 from connectors.stores.shares.state import Position
-from connectors.stores.shares.stream import PayloadReader, Plaintext
+from connectors.stores.shares.stream import EntryReader, Plaintext
 from connectors.stores.shares.subscription import Subscription
 from protocol.digest import LtHash
 
@@ -94,7 +93,6 @@ PART_SUFFIX = ".part"
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 _FORBIDDEN_MODE_BITS = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX
 FSYNC_FILES_MAX = 32  # "auto" durability: per-file fsync up to this many, one syncfs beyond
-PREFETCH_MIN_AVERAGE = 1 << 20  # average file size from which decryption runs in its own thread
 WRITEBACK_STEP = 8 << 20  # start writeback of a large file every this many bytes (see _write_entry)
 
 
@@ -339,10 +337,9 @@ class ShareStore:
             self._preflight(sub, to_write, removed)
             self._check_space(sub, to_write)
             opts = self._write_options(len(to_write))
-            # A decrypting thread pays off for large files; with many small ones its CPU work
-            # would make every file's syscalls wait for the GIL (a convoy), so read inline.
-            large = manifest.total_bytes >= PREFETCH_MIN_AVERAGE * max(1, len(manifest.entries))
-            with PayloadReader(plaintext, prefetch=large) as reader:
+            # A thread decrypts, decompresses, cuts and hashes ahead; this one only writes.
+            sizes = [(e.path, e.size) for e in manifest.entries]
+            with EntryReader(plaintext, sizes, prefetch=True) as reader:
                 writes, stats = self._stage(sub, package, reader, intact, opts)
             plan = {
                 "snapshot": manifest.is_snapshot,
@@ -448,7 +445,7 @@ class ShareStore:
         self,
         sub: Subscription,
         package: FilesPackage,
-        reader: PayloadReader,
+        reader: EntryReader,
         intact: dict[str, tuple[int, int]],
         opts: _WriteOptions,
     ) -> tuple[list[list[Any]], dict[str, int]]:
@@ -469,33 +466,32 @@ class ShareStore:
         try:
             with os.scandir(pkg_fd) as it:
                 present = {e.name for e in it}
-            for index, entry in enumerate(package.manifest.entries):
-                if entry.path in intact:
-                    self._consume(reader, entry)
-                    writes.append([None, entry.path, entry.size, entry.sha256, *intact[entry.path]])
-                    continue
-                staged = f"{index:06d}.{entry.sha256}"
-                if staged in present:
-                    if fsops.hash_at(pkg_fd, staged) == (entry.size, entry.sha256):
+            # One thread decrypts, decompresses and hashes ahead (the reader), this one writes,
+            # and the flusher starts writeback and closes each finished file.
+            with fsops.Flusher() as flusher:
+                for index, entry in enumerate(package.manifest.entries):
+                    if entry.path in intact:
                         self._consume(reader, entry)
-                        stats["resumed"] += 1
-                        st = os.stat(staged, dir_fd=pkg_fd, follow_symlinks=False)
-                        writes.append(
-                            [staged, entry.path, entry.size, entry.sha256, st.st_ino, st.st_mtime_ns]
-                        )
+                        writes.append([None, entry.path, entry.size, entry.sha256, *intact[entry.path]])
                         continue
-                    os.unlink(staged, dir_fd=pkg_fd)
-                ino, mtime_ns = self._write_entry(pkg_fd, staged, entry, reader, opts)
-                if self.cache is not None:
-                    self.cache.put(sub.dirname, pkg_fd, staged, entry)
-                stats["written"] += 1
-                stats["bytes"] += entry.size
-                writes.append([staged, entry.path, entry.size, entry.sha256, ino, mtime_ns])
-            if not reader.at_end():
-                raise PayloadTooLongError(
-                    f"the payload continues after the {len(package.manifest.entries)} declared entries "
-                    f"({package.manifest.total_bytes} bytes): undeclared content"
-                )
+                    staged = f"{index:06d}.{entry.sha256}"
+                    if staged in present:
+                        if fsops.hash_at(pkg_fd, staged) == (entry.size, entry.sha256):
+                            self._consume(reader, entry)
+                            stats["resumed"] += 1
+                            st = os.stat(staged, dir_fd=pkg_fd, follow_symlinks=False)
+                            writes.append(
+                                [staged, entry.path, entry.size, entry.sha256, st.st_ino, st.st_mtime_ns]
+                            )
+                            continue
+                        os.unlink(staged, dir_fd=pkg_fd)
+                    ino, mtime_ns = self._write_entry(pkg_fd, staged, entry, reader, opts, flusher)
+                    if self.cache is not None:
+                        self.cache.put(sub.dirname, pkg_fd, staged, entry)
+                    stats["written"] += 1
+                    stats["bytes"] += entry.size
+                    writes.append([staged, entry.path, entry.size, entry.sha256, ino, mtime_ns])
+            reader.finish()
             if not opts.fsync:
                 fsops.syncfs(pkg_fd)
             os.fsync(pkg_fd)
@@ -528,39 +524,37 @@ class ShareStore:
         return _WriteOptions(self.modes.file_mode if usable else 0o600, per_file)
 
     def _write_entry(
-        self, dir_fd: int, name: str, entry: ManifestEntry, reader: PayloadReader, opts: _WriteOptions
+        self,
+        dir_fd: int,
+        name: str,
+        entry: ManifestEntry,
+        reader: EntryReader,
+        opts: _WriteOptions,
+        flusher: fsops.Flusher | None = None,
     ) -> tuple[int, int]:
-        """Write one file into the private staging directory, hashing as it goes; (inode, mtime_ns).
+        """Write one file into the private staging directory, checking its hash; (inode, mtime_ns).
 
         A crash can leave it partial under its staging name: a retry re-hashes it and rewrites it
         if it does not match, so no separate "complete" marker is needed. Writeback is started
-        every ``WRITEBACK_STEP`` bytes and at the end (``sync_file_range``), so the disk works
-        while the next bytes are decrypted and hashed instead of in one final flush; durability
-        still comes from the fsync/syncfs before the commit point.
+        every ``WRITEBACK_STEP`` bytes and at the end (``sync_file_range``, by ``flusher`` when
+        given, which also closes the file), so the disk works while the next bytes are decrypted
+        and hashed instead of in one final flush; durability still comes from the fsync/syncfs
+        before the commit point.
         """
+        start = flusher.start if flusher is not None else fsops.start_writeback
         fd = os.open(name, fsops.CREATE_FLAGS, opts.create_mode, dir_fd=dir_fd)
+        handed = False
         try:
-            digest = hashlib.sha256()
-            remaining = entry.size
-            flushed = 0  # bytes already handed to writeback
-            while remaining:
-                block = reader.read(min(remaining, fsops.CHUNK))
-                if not block:
-                    raise PayloadTooShortError(
-                        f"payload ended {remaining} bytes into the end of {entry.path!r} "
-                        f"({entry.size} bytes declared)"
-                    )
-                digest.update(block)
-                remaining -= len(block)
+            written = flushed = 0  # bytes written, and already handed to writeback
+            for block in reader.blocks():  # hashed by the reader, possibly in its own thread
+                written += len(block)
                 while block:
                     block = block[os.write(fd, block) :]
-                written = entry.size - remaining
                 if written - flushed >= WRITEBACK_STEP:
-                    fsops.start_writeback(fd, flushed, written - flushed)
+                    start(fd, flushed, written - flushed)
                     flushed = written
-            if flushed < entry.size and not opts.fsync:  # an fsync follows anyway
-                fsops.start_writeback(fd, flushed, entry.size - flushed)
-            found = digest.hexdigest()
+            found = reader.digest
+            assert found is not None
             if found != entry.sha256:
                 raise FileDigestMismatchError(entry.path, entry.sha256, found)
             if opts.create_mode != self.modes.file_mode:
@@ -570,23 +564,25 @@ class ShareStore:
             if opts.fsync:
                 os.fsync(fd)
             st = os.fstat(fd)
+            tail = written - flushed if flushed < written and not opts.fsync else -1  # an fsync covered it
+            if flusher is not None:
+                flusher.done(fd, flushed, tail)
+                handed = True
+            elif tail >= 0:
+                fsops.start_writeback(fd, flushed, tail)
         finally:
-            os.close(fd)
+            if flusher is None:
+                os.close(fd)
+            elif not handed:
+                flusher.done(fd)  # closed after the ranges already queued for it
         return st.st_ino, st.st_mtime_ns
 
     @staticmethod
-    def _consume(reader: PayloadReader, entry: ManifestEntry) -> None:
+    def _consume(reader: EntryReader, entry: ManifestEntry) -> None:
         """Read past an entry that needs no writing, still checking its length and hash."""
-        digest = hashlib.sha256()
-        remaining = entry.size
-        while remaining:
-            block = reader.read(min(remaining, fsops.CHUNK))
-            if not block:
-                raise PayloadTooShortError(f"payload ended inside {entry.path!r}")
-            digest.update(block)
-            remaining -= len(block)
-        if digest.hexdigest() != entry.sha256:
-            raise FileDigestMismatchError(entry.path, entry.sha256, digest.hexdigest())
+        found = reader.skip()
+        if found != entry.sha256:
+            raise FileDigestMismatchError(entry.path, entry.sha256, found)
 
     @staticmethod
     def _clear_staging(staging_fd: int) -> None:
@@ -791,7 +787,7 @@ class ShareStore:
             os.unlink(tmp, dir_fd=tmp_fd)
         with open(cached, "rb") as src:
             try:
-                self._write_entry(tmp_fd, tmp, entry, PayloadReader(src), opts)
+                self._write_entry(tmp_fd, tmp, entry, EntryReader(src, [(entry.path, entry.size)]), opts)
             except (FileDigestMismatchError, PayloadTooShortError):
                 cached.unlink()  # a damaged cache entry is never used again
                 with contextlib.suppress(FileNotFoundError):

@@ -1,21 +1,29 @@
-"""Reading exact byte counts from the decrypted payload, whatever shape it arrives in.
+"""The decrypted payload, cut into the manifest's entries and hashed, ahead of the writer.
 
-The payload is produced by decryption and decompression, and consumed by hashing and
-writing; with ``prefetch`` a producer thread runs the first pair while the caller runs
-the second (the heavy parts release the GIL), through a small bounded queue, so
-memory stays bounded by ``depth`` blocks.
+The payload is produced by decryption and decompression; each entry's bytes are then
+hashed (SHA-256) and written. :class:`EntryReader` does the cutting and the hashing on the
+producer side, so with ``prefetch`` one thread decrypts, decompresses and hashes while the
+caller only writes (hashlib, AES-GCM, zstd and ``os.write`` all release the GIL). Memory
+stays bounded: the thread runs at most ``depth`` source blocks (1 MiB each) ahead.
 """
 
 from __future__ import annotations
 
+import hashlib
 import queue
 import threading
-from collections.abc import Iterable, Iterator
-from typing import BinaryIO
+from collections.abc import Iterable, Iterator, Sequence
+from typing import BinaryIO, Generic, TypeVar
+
+from connectors.stores.shares.errors import PayloadTooLongError, PayloadTooShortError
 
 Plaintext = BinaryIO | Iterable[bytes]
 BLOCK = 1 << 20
 _END = object()
+T = TypeVar("T")
+
+# One piece of an entry's content; the last piece of an entry carries its SHA-256 hex.
+Piece = tuple[memoryview, str | None]
 
 
 def _chunks(source: Plaintext, block: int) -> Iterator[bytes]:
@@ -27,15 +35,53 @@ def _chunks(source: Plaintext, block: int) -> Iterator[bytes]:
         yield from source
 
 
-class _Prefetch:
-    """Pulls chunks from ``source`` in a thread into a bounded queue."""
+def _split(chunks: Iterator[bytes], entries: Sequence[tuple[str, int]]) -> Iterator[list[Piece]]:
+    """Cut ``chunks`` at the entry sizes and hash each entry: one list of pieces per source chunk.
 
-    def __init__(self, chunks: Iterator[bytes], depth: int) -> None:
+    Raises :class:`PayloadTooShortError` (naming the entry) when the payload ends early and
+    :class:`PayloadTooLongError` when a byte follows the last entry.
+    """
+    view = memoryview(b"")
+    batch: list[Piece] = []
+    total = 0
+    for path, size in entries:
+        digest = hashlib.sha256()
+        remaining = size
+        while remaining:
+            if not view:
+                if batch:
+                    yield batch
+                    batch = []
+                chunk = next((c for c in chunks if c), None)
+                if chunk is None:
+                    raise PayloadTooShortError(
+                        f"payload ended {size - remaining} bytes into {path!r} ({size} bytes declared)"
+                    )
+                view = memoryview(chunk)
+            piece = view[: min(remaining, BLOCK)]
+            view = view[len(piece) :]
+            digest.update(piece)
+            remaining -= len(piece)
+            batch.append((piece, None if remaining else digest.hexdigest()))
+        if not size:
+            batch.append((memoryview(b""), digest.hexdigest()))
+        total += size
+    if batch:
+        yield batch
+    if view or next((c for c in chunks if c), None) is not None:
+        raise PayloadTooLongError(
+            f"the payload continues after the {len(entries)} declared entries "
+            f"({total} bytes): undeclared content"
+        )
+
+
+class _Prefetch(Generic[T]):
+    """Pulls items from ``items`` in a thread into a bounded queue."""
+
+    def __init__(self, items: Iterator[T], depth: int) -> None:
         self._queue: queue.Queue[object] = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, args=(chunks,), name="payload-prefetch", daemon=True
-        )
+        self._thread = threading.Thread(target=self._run, args=(items,), name="payload-prefetch", daemon=True)
         self._thread.start()
 
     def _put(self, item: object) -> bool:
@@ -47,70 +93,88 @@ class _Prefetch:
                 continue
         return False
 
-    def _run(self, chunks: Iterator[bytes]) -> None:
+    def _run(self, items: Iterator[T]) -> None:
         try:
-            for chunk in chunks:
-                if chunk and not self._put(chunk):
+            for item in items:
+                if not self._put(item):
                     return
         except BaseException as exc:  # handed to the consumer, raised there
             self._put(exc)
             return
         self._put(_END)
 
-    def __iter__(self) -> Iterator[bytes]:
+    def __iter__(self) -> Iterator[T]:
         while True:
             item = self._queue.get()
             if item is _END:
                 return
             if isinstance(item, BaseException):
                 raise item
-            assert isinstance(item, bytes)
-            yield item
+            yield item  # type: ignore[misc]  # only the producer's items and the markers above
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join()
 
 
-class PayloadReader:
-    """``read(n)`` over a binary file object or an iterator of byte chunks."""
+class EntryReader:
+    """The payload as a sequence of entries: ``blocks()`` yields the next one's bytes, then ``digest``.
 
-    def __init__(self, source: Plaintext, *, prefetch: bool = False, depth: int = 8) -> None:
-        chunks = _chunks(source, BLOCK)
-        self._prefetch = _Prefetch(chunks, depth) if prefetch else None
-        self._chunks: Iterator[bytes] = iter(self._prefetch) if self._prefetch else chunks
-        self._buf = memoryview(b"")
-        self.consumed = 0
+    ``entries`` are (path, size) in payload order. After ``blocks()`` is exhausted,
+    ``digest`` is the SHA-256 hex of exactly the bytes it yielded. ``finish()`` checks that
+    nothing follows the last entry. Errors of the source (authentication, decompression) and
+    of the cutting (short or long payload) are raised in the caller's thread, at the point
+    it reaches them.
+    """
 
-    def read(self, n: int) -> memoryview:
-        """Up to ``n`` bytes; empty only at the end of the payload."""
-        if not self._buf:
-            for chunk in self._chunks:
-                if chunk:
-                    self._buf = memoryview(chunk)
-                    break
-            else:
-                return memoryview(b"")
-        out = self._buf[:n]
-        self._buf = self._buf[n:]
-        self.consumed += len(out)
-        return out
+    def __init__(
+        self, source: Plaintext, entries: Sequence[tuple[str, int]], *, prefetch: bool = False, depth: int = 8
+    ) -> None:
+        batches = _split(_chunks(source, BLOCK), entries)
+        self._prefetch = _Prefetch(batches, depth) if prefetch else None
+        self._batches: Iterator[list[Piece]] = iter(self._prefetch) if self._prefetch else batches
+        self._pending: Iterator[Piece] = iter(())
+        self.digest: str | None = None
 
-    def at_end(self) -> bool:
-        """True if no byte is left (reads one chunk ahead if needed)."""
-        if self._buf:
-            return False
-        for chunk in self._chunks:
-            if chunk:
-                self._buf = memoryview(chunk)
-                return False
-        return True
+    def _next_piece(self) -> Piece | None:
+        while True:
+            piece = next(self._pending, None)
+            if piece is not None:
+                return piece
+            batch = next(self._batches, None)
+            if batch is None:
+                return None
+            self._pending = iter(batch)
+
+    def blocks(self) -> Iterator[memoryview]:
+        """The next entry's bytes, in pieces of at most ``BLOCK``; sets ``digest`` at its end."""
+        self.digest = None
+        while (item := self._next_piece()) is not None:
+            piece, digest = item
+            if piece:
+                yield piece
+            if digest is not None:
+                self.digest = digest
+                return
+        raise AssertionError("blocks() called past the last entry")  # _split raises on a short payload
+
+    def skip(self) -> str:
+        """Read past the next entry; its SHA-256 hex."""
+        for _ in self.blocks():
+            pass
+        assert self.digest is not None
+        return self.digest
+
+    def finish(self) -> None:
+        """Raise :class:`PayloadTooLongError` if any byte follows the last entry."""
+        if self._next_piece() is not None:
+            raise AssertionError("a piece beyond the declared entries")  # _split raises first
 
     def close(self) -> None:
         if self._prefetch is not None:
             self._prefetch.close()
 
-    def __enter__(self) -> PayloadReader:
+    def __enter__(self) -> EntryReader:
         return self
 
     def __exit__(self, *exc: object) -> None:
