@@ -641,3 +641,29 @@ def test_writeback_is_started_over_each_staged_file_and_the_barrier_still_follow
     assert sorted(started) == sorted([("writeback", 0, 3), ("writeback", 0, 3000)])
     assert calls.index(("syncfs", 0, 0)) > max(calls.index(c) for c in started)
     assert tree(share / "sub") == files
+
+
+def test_flusher_starts_ranges_in_order_and_closes_every_handed_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from connectors.stores.shares import fsops
+
+    calls: list[tuple[int, int, int]] = []
+    monkeypatch.setattr(
+        fsops, "start_writeback", lambda fd, offset=0, length=0: calls.append((fd, offset, length))
+    )
+    fds = [os.open(tmp_path / f"f{i}", os.O_WRONLY | os.O_CREAT, 0o600) for i in range(11)]
+    with fsops.Flusher(batch=4) as flusher:
+        flusher.start(fds[0], 0, 100)
+        flusher.done(fds[0], 100, 5)
+        for fd in fds[1:]:
+            flusher.done(fd)  # no range: closed only
+    assert calls == [(fds[0], 0, 100), (fds[0], 100, 5)]
+    for fd in fds:  # all closed once the with block is left, the partial last batch included
+        with pytest.raises(OSError):
+            os.fstat(fd)
+
+    fd = os.open(tmp_path / "f0", os.O_RDONLY)
+    os.close(fd)  # a descriptor that is already closed: the flusher's close fails and says so
+    with pytest.raises(OSError), fsops.Flusher() as flusher:
+        flusher.done(fd)
