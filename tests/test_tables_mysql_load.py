@@ -40,6 +40,7 @@ HOSTILE_SCHEMA: list[dict[str, Any]] = [
     {"name": "BLOB", "type": "BLOB"},
     {"name": "AT", "type": "TIMESTAMP WITH TIME ZONE"},
     {"name": "N", "type": "NUMBER(12,3)"},
+    {"name": "OP", "type": "CHAR(1)"},  # the name of the op field in a payload
 ]
 HOSTILE_TEXT = [
     "",
@@ -78,6 +79,7 @@ def hostile_row(i: int, variant: int = 0) -> list[str | None]:
         None if i % 6 == 0 else "\\x" + bytes([(i + variant) % 256, 0, 34, 44, 10, 92]).hex()[: 2 * (i % 7)],
         None if i % 3 == 0 else f"20{10 + i % 15:02d}-0{1 + i % 9}-01 0{i % 10}:30:00.5+00:00",
         None if i % 8 == 0 else f"{i * 7 % 1000}.{i % 1000:03d}",
+        "UD"[(i + variant) % 2],
     ]
 
 
@@ -126,7 +128,9 @@ def test_hostile_values_survive_snapshots_and_deltas(
     source = Source(HOSTILE_SCHEMA)
     assert apply(store, *source.snapshot([])).match  # an empty load: the server still asks for the rows
     rows = [hostile_row(i) for i in range(3 * len(HOSTILE_TEXT))]
-    rows.append(["100000", "😀" * 20, "长" * 130_000, "true", "\\x" + "ff" * 65_000, None, "-999999999.999"])
+    rows.append(
+        ["100000", "😀" * 20, "长" * 130_000, "true", "\\x" + "ff" * 65_000, None, "-999999999.999", "D"]
+    )
     assert apply(store, *source.snapshot(rows)).applied
     assert table_contents(mysql_url, TABLE, HOSTILE_SCHEMA) == source.canonical_set()
     upserts = [hostile_row(i, 1) for i in range(0, 3 * len(HOSTILE_TEXT), 2)] + [

@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 
 _KEY_CHUNK = 1000
 _DELTA_TABLE = "edu_sync_delta"
+_OP_COLUMN = "edu_sync_op"  # the reserved prefix: no schema column can be named so
 _PIPE_SIZE = 1 << 20  # fewer wake-ups of the driver's reading thread (Linux F_SETPIPE_SZ)
 _NET_READ_TIMEOUT = 600  # seconds the server waits for the next rows while the agent validates
 _fallbacks_logged: set[str] = set()
@@ -480,7 +481,7 @@ class _LocalInfileDelta(DeltaApplier):
         staged = sa.Table(
             _DELTA_TABLE,
             sa.MetaData(),
-            sa.Column("op", sa.types.CHAR(1), nullable=False),
+            sa.Column(_OP_COLUMN, sa.types.CHAR(1), nullable=False),
             *(
                 sa.Column(
                     c.name,
@@ -498,7 +499,7 @@ class _LocalInfileDelta(DeltaApplier):
         conn.exec_driver_sql(str(sa.schema.CreateTable(staged).compile(dialect=dialect.sa_dialect)), ())
         self.stream = _LocalInfile(
             conn.connection.driver_connection,
-            lambda path: dialect.load_data_sql(path, _DELTA_TABLE, columns, op_column="op"),
+            lambda path: dialect.load_data_sql(path, _DELTA_TABLE, columns, op_column=_OP_COLUMN),
         )
 
     def stage(self, batch: Batch) -> Iterable[Sequence[Any]]:
@@ -513,7 +514,7 @@ class _LocalInfileDelta(DeltaApplier):
     def finish(self) -> Iterator[Sequence[Any]]:
         self.stream.finish()
         d, q, conn = self.dialect, self.dialect.quote, self.conn
-        live, staged = q(self.table), q(_DELTA_TABLE)
+        live, staged, op = q(self.table), q(_DELTA_TABLE), q(_OP_COLUMN)
         match = d.key_match(self.keys, "t", "s")
         yield from conn.exec_driver_sql(
             f"SELECT {d.column_list(self.columns, 't.')} FROM {live} t JOIN {staged} s ON {match}",
@@ -524,12 +525,12 @@ class _LocalInfileDelta(DeltaApplier):
         first_key = q(self.keys[0].name)
         updates = ", ".join(f"{q(c.name)} = VALUES({q(c.name)})" for c in self.columns if not c.primary_key)
         conn.exec_driver_sql(
-            f"INSERT INTO {live} ({names}) SELECT {names} FROM {staged} WHERE op = 'U' "
+            f"INSERT INTO {live} ({names}) SELECT {names} FROM {staged} WHERE {op} = 'U' "
             f"ON DUPLICATE KEY UPDATE {updates or f'{first_key} = {first_key}'}",
             (),
         )
         result = conn.exec_driver_sql(
-            f"DELETE t FROM {live} t JOIN {staged} s ON {match} WHERE s.op = 'D'", ()
+            f"DELETE t FROM {live} t JOIN {staged} s ON {match} WHERE s.{op} = 'D'", ()
         )
         self.deleted = result.rowcount
         conn.exec_driver_sql(f"DROP TEMPORARY TABLE {staged}", ())
