@@ -322,12 +322,13 @@ def test_hostile_table_and_column_names(store: TableStore, db_url: str, table: s
         {"name": "`x`; DELETE", "type": "NUMBER(5,2)"},
         {"name": "姓名", "type": "NVARCHAR2(10)"},
         {"name": "%(p)s", "type": "DATE"},
+        {"name": "op", "type": "CHAR(1)"},  # the name a staged delta's operation column would take
     ]
     source = Source(schema)
-    rows = [[str(i), f"o{i}", f"{i}.50", f"名{i}", "2026-01-02 03:04:05"] for i in range(30)]
+    rows = [[str(i), f"o{i}", f"{i}.50", f"名{i}", "2026-01-02 03:04:05", "DU"[i % 2]] for i in range(30)]
     assert apply(store, *source.snapshot(rows), table=table).match
     assert apply(
-        store, *source.delta(upserts=[["3", None, "0.00", "改", None]], deletes=[("4",)]), table=table
+        store, *source.delta(upserts=[["3", None, "0.00", "改", None, "D"]], deletes=[("4",)]), table=table
     ).match
     assert table_contents(db_url, table, schema) == source.canonical_set()
     assert store.verify(source.subscription).match

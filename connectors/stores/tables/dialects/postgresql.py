@@ -23,6 +23,8 @@ from protocol.canonical import ColumnSpec, ColumnType, Family
 
 _COPY_BUFFER = 1 << 20
 _DELTA_TABLE = "edu_sync_delta"
+_OP_COLUMN = "edu_sync_op"
+"""The staged record's operation; the reserved prefix keeps it apart from any user column."""
 
 
 class PostgreSQLDialect(SqlDialect):
@@ -119,16 +121,16 @@ class _Delta(DeltaApplier):
         staged = sa.Table(
             _DELTA_TABLE,
             sa.MetaData(),
-            sa.Column("op", sa.types.CHAR(1)),
+            sa.Column(_OP_COLUMN, sa.types.CHAR(1)),
             *(sa.Column(c.name, dialect.column_type(c.type)) for c in columns),
             prefixes=["TEMPORARY"],
             postgresql_on_commit="DROP",
         )
         conn.exec_driver_sql(f"DROP TABLE IF EXISTS {q(_DELTA_TABLE)}", ())
         conn.exec_driver_sql(str(sa.schema.CreateTable(staged).compile(dialect=dialect.sa_dialect)), ())
-        self.loader = _DeltaCopyLoader(
-            conn, f"COPY {q(_DELTA_TABLE)} (op, {dialect.column_list(columns)}) FROM STDIN (FORMAT csv)"
-        )
+        staged_columns = f"{q(_OP_COLUMN)}, {dialect.column_list(columns)}"
+        copy_sql = f"COPY {q(_DELTA_TABLE)} ({staged_columns}) FROM STDIN (FORMAT csv)"
+        self.loader = _DeltaCopyLoader(conn, copy_sql)
 
     def stage(self, batch: Batch) -> Iterable[Sequence[Any]]:
         self.loader.load(batch)
@@ -153,12 +155,12 @@ class _Delta(DeltaApplier):
         updates = ", ".join(f"{q(c.name)} = EXCLUDED.{q(c.name)}" for c in self.columns if not c.primary_key)
         conflict = f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
         result = conn.exec_driver_sql(
-            f"INSERT INTO {live} ({names}) SELECT {names} FROM {staged} WHERE op = 'U' "
+            f"INSERT INTO {live} ({names}) SELECT {names} FROM {staged} WHERE {q(_OP_COLUMN)} = 'U' "
             f"ON CONFLICT ({d.column_list(self.keys)}) {conflict}",
             (),
         )
         self.upserted = result.rowcount
         result = conn.exec_driver_sql(
-            f"DELETE FROM {live} t USING {staged} s WHERE s.op = 'D' AND {match}", ()
+            f"DELETE FROM {live} t USING {staged} s WHERE s.{q(_OP_COLUMN)} = 'D' AND {match}", ()
         )
         self.deleted = result.rowcount
