@@ -10,7 +10,12 @@ writes a signed, encrypted ``files`` package from a source tree; then, timed:
 * baseline: ``cp -r`` of the same plaintext tree followed by ``sync`` (both make the
   data durable), in the same run.
 
-Peak RSS of the applying process is read with ``wait4``. The last line is one JSON object.
+``--repeat N`` (default 5) runs both sides N times, alternating (and alternating which goes
+first), each into a fresh directory kept until the case ends; every pair is printed with
+the load average before it, then the medians and the worst and best pair's ratio. Peak
+RSS of the applying process is read with ``wait4``. The last line is one JSON object
+(``ratio``: the ratio of the medians, the worse of the two cases; ``ratio_min``: the worst
+single pair).
 
     nice python bench/files.py --total-mib 1024
 """
@@ -191,6 +196,10 @@ def run_baseline(src: Path, dst: Path) -> float:
     return time.perf_counter() - started
 
 
+def load_1m() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
 def bench_case(
     name: str,
     work: Path,
@@ -209,18 +218,32 @@ def bench_case(
     subprocess.run(["sync"], check=True)
     size_mb = sum(e.size for e in entries) / 1e6
     read_only, _ = run_ours(package, "-", keys_dir)  # also brings both sides into the page cache
-    baselines, runs, rss = [], [], 0.0
-    for _ in range(repeat):  # alternating, so both sides see the same load; medians reported
-        baselines.append(run_baseline(src, case / "cp-dst"))
-        shutil.rmtree(case / "cp-dst")
-        subprocess.run(["sync"], check=True)
-        (case / "share").mkdir()
-        elapsed, peak = run_ours(package, case / "share", keys_dir)
-        runs.append(elapsed)
-        rss = max(rss, peak)
-        shutil.rmtree(case / "share")
-        subprocess.run(["sync"], check=True)
-    baseline, ours = statistics.median(baselines), statistics.median(runs)
+    pairs: list[dict[str, float]] = []
+    rss = 0.0
+    # Each run writes into a fresh directory, and every run's output is kept until the case is
+    # over: ext4 skips recently deleted inodes when it allocates new ones (``recently_deleted``,
+    # for a minute or more), so creating 10 000 files just after deleting 10 000 costs several
+    # times more per file, and whichever side ran after the other's cleanup paid for it.
+    for i in range(repeat):  # alternating, and alternating who goes first, under the same load
+        pair: dict[str, float] = {"load_1m": load_1m()}
+        for side in ("baseline", "ours") if i % 2 == 0 else ("ours", "baseline"):
+            if side == "baseline":
+                pair["baseline_s"] = run_baseline(src, case / f"cp-{i}")
+            else:
+                (case / f"share-{i}").mkdir()
+                pair["ours_s"], peak = run_ours(package, case / f"share-{i}", keys_dir)
+                rss = max(rss, peak)
+            subprocess.run(["sync"], check=True)
+        pair["ratio"] = pair["baseline_s"] / pair["ours_s"]
+        pairs.append(pair)
+        print(
+            f"{name} run {i + 1}/{repeat} (load {pair['load_1m']}): ours {pair['ours_s']:.2f} s, "
+            f"cp -r + sync {pair['baseline_s']:.2f} s, ratio {pair['ratio']:.3f}",
+            flush=True,
+        )
+    baseline = statistics.median(p["baseline_s"] for p in pairs)
+    ours = statistics.median(p["ours_s"] for p in pairs)
+    ratios = [p["ratio"] for p in pairs]
     stages = run_stages(package, case, keys_dir) if file_size == total else None
     result: dict[str, Any] = {
         "files": len(entries),
@@ -228,15 +251,27 @@ def bench_case(
         "mb_s": round(size_mb / ours, 1),
         "baseline_mb_s": round(size_mb / baseline, 1),
         "ratio": round(baseline / ours, 3),
+        "ratio_min": round(min(ratios), 3),
+        "ratio_max": round(max(ratios), 3),
+        "runs": [
+            {
+                "ours_s": round(p["ours_s"], 3),
+                "baseline_s": round(p["baseline_s"], 3),
+                "ratio": round(p["ratio"], 3),
+                "load_1m": p["load_1m"],
+            }
+            for p in pairs
+        ],
         "peak_rss_mb": round(rss, 1),
         "package_read_mb_s": round(size_mb / read_only, 1),
     }
     if stages is not None:
         result["stages_mb_s"] = stages
     print(
-        f"{name}: {len(entries)} files, {size_mb:.0f} MB: ours {result['mb_s']} MB/s "
+        f"{name}: {len(entries)} files, {size_mb:.0f} MB, medians of {repeat}: ours {result['mb_s']} MB/s "
         f"({ours:.2f} s), cp -r + sync {result['baseline_mb_s']} MB/s ({baseline:.2f} s), "
-        f"ratio {result['ratio']}, peak RSS {result['peak_rss_mb']} MB; "
+        f"ratio {result['ratio']} (runs {result['ratio_min']}..{result['ratio_max']}), "
+        f"peak RSS {result['peak_rss_mb']} MB; "
         f"reading the package alone (verify, decrypt, decompress): {result['package_read_mb_s']} MB/s",
         flush=True,
     )
@@ -253,7 +288,10 @@ def main() -> None:
     parser.add_argument("--total-mib", type=int, default=1024, help="MiB per case (default 1024)")
     parser.add_argument("--dir", default=None, help="work directory (default: a temp dir)")
     parser.add_argument(
-        "--repeat", type=int, default=1, help="runs of each side, alternating; medians reported (default 1)"
+        "--repeat",
+        type=int,
+        default=5,
+        help="runs of each side, alternating; each run and the medians reported (default 5)",
     )
     parser.add_argument(
         "--apply-child", nargs=3, metavar=("PACKAGE", "SHARE", "KEYS"), help=argparse.SUPPRESS
@@ -269,6 +307,12 @@ def main() -> None:
     total = args.total_mib << 20
     with tempfile.TemporaryDirectory(prefix="bench-files-", dir=args.dir) as tmp:
         work = Path(tmp)
+        need = (2 * args.repeat + 2) * total + (256 << 20)
+        if shutil.disk_usage(work).free < need:
+            raise SystemExit(
+                f"{work}: {need >> 20} MiB free needed (each run's output is kept until its case ends)"
+            )
+        load_start = load_1m()
         keys_dir = work / "keys"
         keys_dir.mkdir()
         hub = PartyKeys.generate("hub")
@@ -287,16 +331,23 @@ def main() -> None:
                 "small_mb_s": small["mb_s"],
                 "small_baseline_mb_s": small["baseline_mb_s"],
                 "small_ratio": small["ratio"],
+                "small_ratio_min": small["ratio_min"],
                 "big_mb_s": big["mb_s"],
                 "big_baseline_mb_s": big["baseline_mb_s"],
                 "big_ratio": big["ratio"],
+                "big_ratio_min": big["ratio_min"],
                 "ratio": min(small["ratio"], big["ratio"]),
+                "ratio_min": min(small["ratio_min"], big["ratio_min"]),
                 "peak_rss_mb": big["peak_rss_mb"],
                 "small_peak_rss_mb": small["peak_rss_mb"],
                 "small_package_read_mb_s": small["package_read_mb_s"],
                 "big_package_read_mb_s": big["package_read_mb_s"],
                 "big_stages_mb_s": big["stages_mb_s"],
                 "repeat": args.repeat,
+                "small_runs": small["runs"],
+                "big_runs": big["runs"],
+                "load_1m_start": load_start,
+                "load_1m_end": load_1m(),
             }
         )
     )
