@@ -484,10 +484,13 @@ def bench_big(work: Path, rows: int, delta: int, keys: tuple[Any, Any], results:
             "pkg = open_package(sys.argv[3], trusted_senders={'platform': platform.public_bundle()},"
             " recipient=agent);"
             "r = store.apply(pkg.header, pkg.plaintext(), 'staff');"
-            # VmHWM: this process image's own peak (ru_maxrss would include the parent's RSS
-            # inherited before exec)
-            "hwm = [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0];"
-            "print(time.perf_counter() - t, r.rows, hwm)"
+            # VmHWM: each process image's own peak (ru_maxrss would include the parent's RSS
+            # inherited before exec); the row-check workers' peaks are added to the applier's
+            "from connectors.stores.tables.rowcheck import worker_pids;"
+            "st = lambda p: open(f'/proc/{p}/status').read().split('VmHWM:')[1];"
+            "hwm = lambda p: int(st(p).split()[0]);"
+            "workers = [hwm(p) for p in worker_pids()];"
+            "print(time.perf_counter() - t, r.rows, hwm('self'), sum(workers), len(workers))"
         )
         out = subprocess.run(
             [
@@ -504,13 +507,22 @@ def bench_big(work: Path, rows: int, delta: int, keys: tuple[Any, Any], results:
             capture_output=True,
             text=True,
         ).stdout.split()
-        peak_mb = int(out[2]) / 1024  # the child's own peak (VmHWM, KiB)
+        applier_mb, workers_mb, workers = int(out[2]) / 1024, int(out[3]) / 1024, int(out[4])
+        peak_mb = applier_mb + workers_mb  # sum of each process's peak: an upper bound of the total
         seconds = float(out[0])
         log(
             f"pg_snapshot {rows} rows in a child: {rate(rows, seconds):,.0f} rows/s ({seconds:.1f}s), "
-            f"peak RSS {peak_mb:.0f} MB (target <= 200)"
+            f"peak RSS {peak_mb:.0f} MB = applier {applier_mb:.0f} MB + {workers} row-check workers "
+            f"{workers_mb:.0f} MB (target <= 200)"
         )
-        results["pg_snapshot_big"] = {"rows": rows, "rows_per_s": rate(rows, seconds), "peak_rss_mb": peak_mb}
+        results["pg_snapshot_big"] = {
+            "rows": rows,
+            "rows_per_s": rate(rows, seconds),
+            "peak_rss_mb": peak_mb,
+            "applier_rss_mb": applier_mb,
+            "workers_rss_mb": workers_mb,
+            "workers": workers,
+        }
         bench_pg_delta(work, url, schema, digest, rows, delta, "pg_delta_big", results)
     finally:
         drop_pg_schema(schema)

@@ -285,6 +285,13 @@ def _turn_pool_off(reason: BaseException) -> None:
     shutdown_pool(wait=False)
 
 
+def worker_pids() -> list[int]:
+    """Process ids of the running row-check workers (for memory accounting)."""
+    with _pool_lock:
+        processes = getattr(_pool, "_processes", None) or {}
+        return [pid for pid in processes]
+
+
 def shutdown_pool(wait: bool = True) -> None:
     global _pool
     with _pool_lock:
@@ -448,4 +455,5 @@ __all__ = [
     "record_keys",
     "shutdown_pool",
     "worker_count",
+    "worker_pids",
 ]
