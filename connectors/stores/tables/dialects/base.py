@@ -42,7 +42,7 @@ class Batch:
     Validation runs beside the load (``rowcheck``) and must pass before anything commits.
     """
 
-    __slots__ = ("_records", "raw", "width")
+    __slots__ = ("_columns", "_records", "raw", "width")
 
     def __init__(
         self, records: list[Record] | None = None, *, raw: RawBatch | None = None, width: int = 0
@@ -50,6 +50,7 @@ class Batch:
         if (records is None) == (raw is None):
             raise ValueError("a batch is built from records or from a raw batch")
         self._records, self.raw, self.width = records, raw, width
+        self._columns: list[tuple[str | None, ...]] | bool | None = raw is not None  # True: not read yet
 
     @property
     def records(self) -> list[Record]:
@@ -61,13 +62,23 @@ class Batch:
                 raise PayloadMalformed(str(exc)) from exc
         return self._records
 
+    def _simple_columns(self) -> list[tuple[str | None, ...]] | None:
+        """Ops and values column by column, read once from the framed text when every record
+        has the common shape (``protocol.canonical.simple_columns``), without record objects."""
+        if self._columns is True:
+            assert self.raw is not None
+            self._columns = simple_columns(self.raw, self.width)
+        return self._columns or None
+
     def value_columns(self) -> list[tuple[str | None, ...]] | None:
-        """The values column by column, straight from the framed text when every record has
-        the simple shape (``protocol.canonical.simple_columns``); None otherwise."""
-        if self.raw is None or self._records is not None:
-            return None
-        columns = simple_columns(self.raw, self.width)
+        """The values column by column; None when the batch needs ``records``."""
+        columns = self._simple_columns()
         return columns[1:] if columns is not None else None
+
+    def ops(self) -> Sequence[str | None]:
+        """Each record's operation (``U`` or ``D``)."""
+        columns = self._simple_columns()
+        return columns[0] if columns is not None else [r.op for r in self.records]
 
     def lines(self) -> list[str]:
         """Each record's text, ``op,values`` (no terminator)."""

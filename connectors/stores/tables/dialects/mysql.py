@@ -230,7 +230,7 @@ class _Delta(DeltaApplier):
                 d.keys_select(self.table, self.columns, self.keys, len(part)), [v for k in part for v in k]
             )
             old.extend(self.cursor.fetchall())
-        ops = [r.op for r in batch.records]
+        ops = batch.ops()
         upserts = [row for row, op in zip(rows, ops, strict=True) if op == "U"]
         if upserts:
             self.cursor.executemany(self.upsert_sql, upserts)

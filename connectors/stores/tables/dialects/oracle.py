@@ -132,7 +132,7 @@ class _Merge(DeltaApplier):
                 [v for k in part for v in k],
             )
             old.extend(cursor.fetchall())
-        ops = [r.op for r in batch.records]
+        ops = batch.ops()
         upserts = [row for row, op in zip(rows, ops, strict=True) if op == "U"]
         deletes = [key for key, op in zip(keys, ops, strict=True) if op == "D"]
         if upserts:

@@ -99,7 +99,7 @@ class _Delta(DeltaApplier):
         for part in chunks(keys, _KEY_CHUNK):
             sql = self.dialect.keys_select(self.table, self.columns, self.keys, len(part))
             old.extend(self.cursor.execute(sql, [v for key in part for v in key]).fetchall())
-        ops = [r.op for r in batch.records]
+        ops = batch.ops()
         upserts = [row for row, op in zip(rows, ops, strict=True) if op == "U"]
         self.cursor.executemany(self.upsert_sql, upserts)
         self.upserted += len(upserts)
