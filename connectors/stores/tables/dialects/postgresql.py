@@ -146,11 +146,17 @@ class _Delta(DeltaApplier):
         live, staged = q(self.table), q(_DELTA_TABLE)
         conn.exec_driver_sql(f"ANALYZE {staged}", ())
         match = d.key_match(self.keys, "t", "s")
-        yield from conn.exec_driver_sql(
-            f"SELECT {d.column_list(self.columns, 't.')} FROM {live} t JOIN {staged} s ON {match}",
-            (),
-            execution_options={"stream_results": True, "yield_per": 5000},
-        )
+        # the driver's own server-side cursor: plain tuples a batch at a time (SQLAlchemy's
+        # streamed Result costs ~10 µs a row here, more than hashing the row)
+        cursor = conn.connection.driver_connection.cursor(name="edu_sync_replaced")  # type: ignore[union-attr]
+        try:
+            cursor.execute(
+                f"SELECT {d.column_list(self.columns, 't.')} FROM {live} t JOIN {staged} s ON {match}", ()
+            )
+            while rows := cursor.fetchmany(5000):
+                yield from rows
+        finally:
+            cursor.close()
         names = d.column_list(self.columns)
         updates = ", ".join(f"{q(c.name)} = EXCLUDED.{q(c.name)}" for c in self.columns if not c.primary_key)
         conflict = f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
