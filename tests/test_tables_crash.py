@@ -13,11 +13,13 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from connectors.stores.tables import TableStore
+from connectors.stores.tables import TableStore, rowcheck
 from tests.tables_helpers import Source, staff_row, stream, table_contents
 
 RUNS = 50
+RUNS_WITH_WORKERS = 12
 TABLE = "crash_staff"
+WORKER_MARK = "EDU_TEST_CRASH_APPLIER"
 
 
 def _packages(seed: int) -> tuple[list[tuple[object, bytes]], list[set[str]]]:
@@ -47,9 +49,15 @@ def _packages(seed: int) -> tuple[list[tuple[object, bytes]], list[set[str]]]:
     return packages, states
 
 
-def _child(url: str, packages: list[tuple[object, bytes]]) -> None:
-    """Runs in the forked child: apply everything from the current position on, then exit."""
+def _child(url: str, packages: list[tuple[object, bytes]], workers: bool = False) -> None:
+    """Runs in the forked child: apply everything from the current position on, then exit.
+    With ``workers``, rows are checked in a row-check pool of the child's own (tiny tasks)."""
     try:
+        if workers:
+            rowcheck._pool, rowcheck._pool_off = None, None  # the parent's pool does not survive fork
+            rowcheck.TASK_ROWS = 40
+            os.environ["EDU_SYNC_CHECK_WORKERS"] = "2"
+            os.environ[WORKER_MARK] = str(os.getpid())  # inherited by the workers it spawns
         store = TableStore(url)
         for header, payload in packages:
             store.apply(header, stream(payload), TABLE)  # type: ignore[arg-type]
@@ -99,25 +107,61 @@ def _wait_for_orphaned_sessions(url: str) -> None:
         engine.dispose()
 
 
+def _workers_of(child: int) -> list[int]:
+    """Live processes carrying the child's worker mark (its row-check workers)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as environ:
+                    if f"{WORKER_MARK}={child}".encode() in environ.read().split(b"\0"):
+                        found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
+def _wait_for_workers_to_exit(child: int) -> None:
+    deadline = time.monotonic() + 10
+    while _workers_of(child):
+        assert time.monotonic() < deadline, "row-check workers outlived the killed applier"
+        time.sleep(0.05)
+
+
 @pytest.mark.slow
 def test_sigkill_at_random_points_never_loses_or_duplicates(db_url: str) -> None:
+    _kill_loop(db_url, RUNS, workers=False)
+
+
+@pytest.mark.slow
+def test_sigkill_with_row_check_workers(db_url: str) -> None:
+    """The same with every package checked in worker processes: killing the applier mid-way
+    loses and duplicates nothing, and its workers leave with it."""
+    _kill_loop(db_url, RUNS_WITH_WORKERS, workers=True)
+
+
+def _kill_loop(db_url: str, runs: int, *, workers: bool) -> None:
     packages, states = _packages(seed=hash(db_url) & 0xFFFF)
     schema = packages[0][0].schema  # type: ignore[attr-defined]
     rng = random.Random(7)
-    killed_mid_stream = 0
-    window, sequence = 0.45, 0  # kill window, adapted so that a run spans about 1-3 packages
-    for run in range(RUNS):
+    killed_mid_stream = killed_with_workers = 0
+    window, sequence = (1.5 if workers else 0.45), 0  # kill window, adapted: a run spans 1-3 packages
+    for run in range(runs):
         before = sequence
         pid = os.fork()
         if pid == 0:  # pragma: no cover - child
-            _child(_child_url(db_url), packages)
+            _child(_child_url(db_url), packages, workers)
         time.sleep(rng.uniform(0.03, window))
+        if workers and _workers_of(pid):
+            killed_with_workers += 1
         os.kill(pid, signal.SIGKILL)
         _, status = os.waitpid(pid, 0)
         if os.WIFSIGNALED(status):
             killed_mid_stream += 1
         else:
             assert os.WEXITSTATUS(status) == 0, f"child failed in run {run}"
+        if workers:
+            _wait_for_workers_to_exit(pid)
         _wait_for_orphaned_sessions(db_url)
         store = TableStore(db_url)
         try:
@@ -134,7 +178,9 @@ def test_sigkill_at_random_points_never_loses_or_duplicates(db_url: str) -> None
             window = max(0.05, window * 0.6)
         elif sequence == before:
             window = min(3.0, window * 1.15)
-    assert killed_mid_stream >= RUNS * 0.8, "too few kills landed while packages were being applied"
+    assert killed_mid_stream >= runs * 0.8, "too few kills landed while packages were being applied"
+    if workers:
+        assert killed_with_workers >= runs // 2, f"only {killed_with_workers} kills found workers running"
     store = TableStore(db_url)
     try:
         for header, payload in packages:
