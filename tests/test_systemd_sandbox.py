@@ -40,8 +40,8 @@ class ScmpArgCmp(ctypes.Structure):
     ]
 
 
-def install_memory_deny_write_execute() -> None:
-    """Load systemd's MemoryDenyWriteExecute= filter into this process (EPERM on violation)."""
+def _libseccomp() -> ctypes.CDLL:
+    """libseccomp through ctypes, with the signatures of the calls used here."""
     name = ctypes.util.find_library("seccomp")
     if name is None:
         raise OSError("libseccomp is not installed")
@@ -53,6 +53,12 @@ def install_memory_deny_write_execute() -> None:
         ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint, ctypes.POINTER(ScmpArgCmp),
     ]  # fmt: skip
     lib.seccomp_load.argtypes = [ctypes.c_void_p]
+    return lib
+
+
+def install_memory_deny_write_execute() -> None:
+    """Load systemd's MemoryDenyWriteExecute= filter into this process (EPERM on violation)."""
+    lib = _libseccomp()
     ctx = lib.seccomp_init(SCMP_ACT_ALLOW)
     deny = 0x00050000 | errno.EPERM  # SCMP_ACT_ERRNO(EPERM)
     rules = [
@@ -72,14 +78,7 @@ def install_memory_deny_write_execute() -> None:
 
 def install_syscall_allow_list(names: list[str]) -> None:
     """Allow only ``names``; anything else fails with EPERM (SystemCallErrorNumber=EPERM)."""
-    lib = ctypes.CDLL(ctypes.util.find_library("seccomp") or "libseccomp.so.2", use_errno=True)
-    lib.seccomp_init.restype = ctypes.c_void_p
-    lib.seccomp_init.argtypes = [ctypes.c_uint32]
-    lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
-    lib.seccomp_rule_add_array.argtypes = [
-        ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint, ctypes.POINTER(ScmpArgCmp),
-    ]  # fmt: skip
-    lib.seccomp_load.argtypes = [ctypes.c_void_p]
+    lib = _libseccomp()
     ctx = lib.seccomp_init(0x00050000 | errno.EPERM)
     for name in names:
         number = lib.seccomp_syscall_resolve_name(name.encode())
