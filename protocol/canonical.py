@@ -877,9 +877,6 @@ class RawBatch(NamedTuple):
     numbers: list[int] | None
     first_line: int
 
-    def line_of(self, index: int) -> int:
-        return self.numbers[index] if self.numbers is not None else self.first_line + index
-
 
 def iter_record_batches(stream: IO[bytes] | Iterable[bytes], width: int) -> Iterator[list[Record]]:
     """Like :func:`iter_records`, a decoded chunk (about 64 KiB) at a time.

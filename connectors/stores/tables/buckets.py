@@ -23,6 +23,7 @@ from sqlalchemy.engine import Connection
 
 from connectors.stores.tables.dialects import Batch, DeltaApplier
 from connectors.stores.tables.errors import PayloadMalformed, TableEnvironmentError, UnsupportedPackage
+from connectors.stores.tables.rowcheck import add_upserts
 from connectors.stores.tables.state import read_state
 from protocol.canonical import ColumnSpec, Record, canonicalizer, encode_values, key_indexes
 from protocol.digest import BATCH, BUCKETS, LtHash, bucket_of
@@ -126,7 +127,7 @@ def apply_bucket_delta(
                             f"digest bucket {bucket}, not one of the buckets the header replaces"
                         )
                     local.pop(key, None)
-                store._add_to_digest(fresh, batch, key_positions)
+                add_upserts(fresh, batch.records, key_positions)
                 for _old in applier.stage(batch):  # the old rows do not matter: the buckets are replaced
                     pass
             for batch in _delete_batches(local, columns, key_positions):

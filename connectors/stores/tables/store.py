@@ -41,7 +41,6 @@ from connectors.stores.tables.rowcheck import (
     RowChecker,
     RowPipeline,
     StoredRowsDigest,
-    add_upserts,
 )
 from connectors.stores.tables.schema import (
     added_columns,
@@ -446,10 +445,6 @@ class TableStore:
             checker.check(pending)
             unique.add(checker.keys(pending))
             yield Batch(pending)
-
-    @staticmethod
-    def _add_to_digest(digest: LtHash, batch: Batch, key_positions: Sequence[int]) -> None:
-        add_upserts(digest, batch.records, key_positions)
 
     def _hash_table(self, conn: Connection, table: str, columns: Sequence[ColumnSpec]) -> LtHash:
         hasher = StoredRowsDigest(columns, schema_to_json(columns))
