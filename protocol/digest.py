@@ -13,8 +13,9 @@ of the buckets. :meth:`LtHash.summary` is the compact JSON form signed in packag
 
 Why BLAKE3: the lanes need a 2048-byte extendable output per item. BLAKE3's XOF has the
 same 128-bit security as SHAKE128 (the paper's choice) and is about 1.5x faster here (see
-docs/tables.md). Hashing is batched: one bytes join and one numpy reduction per bucket
-per batch, no per-row numpy call.
+docs/tables.md). The per-row work (two keyed hashes and 1024 lane additions) runs in C
+(protocol/csrc/native.c, one call per batch, GIL released); :func:`item_lanes` and
+:func:`bucket_of` state the construction in Python, and the tests hold the two together.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 import blake3
 import numpy as np
 
+from protocol import _native
 from protocol.canonical import encode_values
 from protocol.errors import ProtocolError
 
@@ -33,7 +35,7 @@ BUCKETS = 256
 ALGORITHM = "lthash16x1024-blake3-b256"
 ITEM_BYTES = LANES * 2
 BATCH = 4096
-"""Rows hashed per numpy reduction: bounds memory (8 MiB of lanes) and amortises calls."""
+"""Rows per call when a stream is hashed (:func:`digest_of`): bounds the rows held."""
 
 _ITEM_KEY = blake3.blake3(b"edu-sync-agent lthash16 item v1").digest()
 _BUCKET_KEY = blake3.blake3(b"edu-sync-agent lthash16 bucket v1").digest()
@@ -47,6 +49,11 @@ class DigestError(ProtocolError, ValueError):
 def bucket_of(key: bytes) -> int:
     """The bucket (0..255) of an item key: first byte of a keyed BLAKE3 hash."""
     return blake3.blake3(key, key=_BUCKET_KEY).digest(1)[0]
+
+
+def hash_keys() -> tuple[bytes, bytes]:
+    """The BLAKE3 keys of the item and bucket hashes (for the C fast path)."""
+    return _ITEM_KEY, _BUCKET_KEY
 
 
 def item_lanes(item: bytes) -> np.ndarray:
@@ -75,31 +82,8 @@ class LtHash:
     def _update(self, keys: Sequence[bytes], items: Sequence[bytes], sign: int) -> None:
         if len(keys) != len(items):
             raise ValueError("keys and items differ in length")
-        for start in range(0, len(items), BATCH):
-            self._update_batch(keys[start : start + BATCH], items[start : start + BATCH], sign)
-
-    def _update_batch(self, keys: Sequence[bytes], items: Sequence[bytes], sign: int) -> None:
-        if not items:
-            return
-        hasher = blake3.blake3
-        buckets = [hasher(k, key=_BUCKET_KEY).digest(1)[0] for k in keys]
-        order = sorted(range(len(items)), key=buckets.__getitem__)
-        lanes = np.frombuffer(
-            b"".join([hasher(items[i], key=_ITEM_KEY).digest(ITEM_BYTES) for i in order]), dtype="<u2"
-        ).reshape(len(items), LANES)
-        sorted_buckets = np.array(buckets, dtype=np.intp)[order]
-        starts = np.flatnonzero(np.r_[True, sorted_buckets[1:] != sorted_buckets[:-1]]).tolist()
-        ends = [*starts[1:], len(items)]
-        # one contiguous sum per bucket present (cumsum/reduceat along axis 0 are strided, slow)
-        target = self.lanes
-        for start, end in zip(starts, ends, strict=True):
-            segment = np.add.reduce(lanes[start:end], axis=0, dtype=np.uint16)
-            bucket = sorted_buckets[start]
-            if sign > 0:
-                target[bucket] += segment
-            else:
-                target[bucket] -= segment
-        self.counts += sign * np.bincount(sorted_buckets, minlength=BUCKETS)
+        if items:
+            _native.lthash_update(self.lanes, self.counts, keys, items, sign, _ITEM_KEY, _BUCKET_KEY)
 
     def combine(self, other: LtHash) -> LtHash:
         """A new digest of the union (multiset sum) of both sets."""

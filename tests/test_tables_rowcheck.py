@@ -1,8 +1,10 @@
-"""Row checks in worker processes (connectors/stores/tables/rowcheck.py).
+"""Row checks on every core (connectors/stores/tables/rowcheck.py).
 
 Tasks are made small here (``TASK_ROWS`` patched) so that a few hundred rows already spread
-over real worker processes; the results must be exactly those of checking in one process:
-the same digest, the same first rejection (key, column, payload line), nothing applied.
+over real workers; the results must be exactly those of checking in one process: the same
+digest, the same first rejection (key, column, payload line), nothing applied. Each test runs
+both ways: in threads (the C fast path, protocol/fastrows.py, the common case) and in worker
+processes (the Python checks, used for columns C does not check, e.g. FLOAT; forced here).
 """
 
 from __future__ import annotations
@@ -27,12 +29,20 @@ COLUMNS = columns_from_schema(STAFF_SCHEMA)
 KEYS = [i for i, c in enumerate(COLUMNS) if c.primary_key]
 
 
-@pytest.fixture
-def small_tasks(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Tasks of 40 rows and two workers, so that short payloads use the pool."""
+@pytest.fixture(params=["threads", "processes"])
+def small_tasks(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Tasks of 40 rows and two workers, so that short payloads use the pool; the workers are
+    threads running the C checks, or processes running the Python checks."""
     monkeypatch.setattr(rowcheck, "TASK_ROWS", 40)
     monkeypatch.setenv("EDU_SYNC_CHECK_WORKERS", "2")
-    yield
+    if request.param == "processes":
+        monkeypatch.setattr(rowcheck.FastRows, "for_columns", classmethod(lambda cls, columns: None))
+    rowcheck.shutdown_pool()  # so that a test shows which pool it used
+    yield request.param
+
+
+def used(path: str) -> bool:
+    return (rowcheck._threads if path == "threads" else rowcheck._pool) is not None
 
 
 def chunked(payload: bytes, size: int = 997) -> list[bytes]:
@@ -50,12 +60,12 @@ def run_pipeline(payload: bytes, kind: str, workers: int) -> Any:
         pipeline.close()
 
 
-def test_workers_compute_the_digest_of_one_process(small_tasks: None) -> None:
+def test_workers_compute_the_digest_of_one_process(small_tasks: str) -> None:
     rows = [staff_row(i) for i in range(500)]
     payload = b"".join(encode_record("U", r) for r in rows)
     expected = digest_of(row_item(r, KEYS) for r in rows)
     in_workers = run_pipeline(payload, "snapshot", workers=2)
-    assert rowcheck._pool is not None, "the pool was never used: the test proves nothing"
+    assert used(small_tasks), "the pool was never used: the test proves nothing"
     assert in_workers == expected
     assert run_pipeline(payload, "snapshot", workers=0) == expected
 
@@ -73,19 +83,20 @@ def test_any_row_set_hashes_the_same_in_workers(keys: list[int]) -> None:
         rowcheck.TASK_ROWS = original
 
 
-def test_a_bad_row_in_a_worker_task_is_named(small_tasks: None) -> None:
+def test_a_bad_row_in_a_worker_task_is_named(small_tasks: str) -> None:
     rows = [staff_row(i) for i in range(300)]
     rows[217][6] = "2026-11-01T13:15:36"  # UPDATETIME breaks its declared format
     rows[250][1] = None  # and a later NOT NULL violation: the first one in payload order wins
     payload = b"".join(encode_record("U", r) for r in rows)
     with pytest.raises(RowRejected) as info:
         run_pipeline(payload, "snapshot", workers=2)
+    assert used(small_tasks)
     assert info.value.key == [rows[217][0]]
     assert info.value.column == "UPDATETIME"
     assert info.value.line is not None and info.value.line > 217  # values hold newlines: lines > rows
 
 
-def test_a_key_twice_in_a_delta_across_tasks_is_refused(small_tasks: None) -> None:
+def test_a_key_twice_in_a_delta_across_tasks_is_refused(small_tasks: str) -> None:
     rows = [staff_row(i) for i in range(200)]
     payload = b"".join(encode_record("U", r) for r in rows) + encode_record("U", staff_row(3, variant=1))
     with pytest.raises(PayloadMalformed, match=r"T000003.*twice"):
@@ -98,8 +109,10 @@ class _BrokenPool:
 
 
 def test_a_broken_pool_falls_back_to_checking_here(
-    small_tasks: None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
+    monkeypatch.setattr(rowcheck, "TASK_ROWS", 40)
+    monkeypatch.setattr(rowcheck.FastRows, "for_columns", classmethod(lambda cls, columns: None))
     monkeypatch.setattr(rowcheck, "_shared_pool", lambda workers: _BrokenPool())
     monkeypatch.setattr(rowcheck, "_pool_off", None)
     rows = [staff_row(i) for i in range(200)]
@@ -113,7 +126,7 @@ def test_a_broken_pool_falls_back_to_checking_here(
         run_pipeline(b"".join(encode_record("U", r) for r in rows), "snapshot", workers=2)
 
 
-def test_store_applies_large_packages_through_workers(small_tasks: None, db_url: str) -> None:
+def test_store_applies_large_packages_through_workers(small_tasks: str, db_url: str) -> None:
     """Snapshot, delta and verify on every database with the pool in use (driver values of
     each database cross to the workers); a bad row late in the payload rejects the whole
     package and leaves the table as it was."""

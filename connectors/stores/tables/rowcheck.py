@@ -26,8 +26,8 @@ import threading
 import time
 import types
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, cast
 
@@ -51,6 +51,7 @@ from protocol.canonical import (
     simple_columns,
 )
 from protocol.digest import LtHash, row_item
+from protocol.fastrows import FastRows
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ class RowChecker:
         self.validators = [ColumnValidator(c) for c in self.columns]
         self.key_positions = key_indexes(self.columns)
         self.key_validators = [self.validators[i] for i in self.key_positions]
+        self.fast = FastRows.for_columns(self.columns) if kind == KIND_SNAPSHOT else None
 
     def parse(self, batch: RawBatch) -> list[Record]:
         try:
@@ -113,6 +115,8 @@ class RowChecker:
         """Check and hash ``batches`` into ``digest``; a delta's keys are returned (duplicates)."""
         keys: list[bytes] = []
         for batch in batches:
+            if self.fast is not None and self.fast.check_and_hash(batch.records, digest):
+                continue
             if self.kind == KIND_SNAPSHOT and self._snapshot_fast(batch, digest):
                 continue
             records = self.parse(batch)
@@ -178,17 +182,18 @@ class KeyRegister:
 
 # ---------------------------------------------------------------- worker side
 
-_checkers: dict[tuple[str, str], RowChecker] = {}
+_checkers = threading.local()
+"""Per thread (validators remember valid values, so threads must not share them)."""
 
 
 def _check_task(
     schema_key: str, schema: list[dict[str, Any]], kind: str, batches: list[RawBatch]
 ) -> tuple[bytes, list[bytes]]:
     """Worker entry point: a task's partial digest (serialised) and delta keys, or the rejection."""
-    checker = _checkers.get((schema_key, kind))
-    if checker is None:
-        _checkers.clear()  # one schema at a time is the common case; keep memory flat
-        checker = _checkers[(schema_key, kind)] = RowChecker(columns_from_schema(schema), kind)
+    if getattr(_checkers, "key", None) != (schema_key, kind):
+        # one schema at a time is the common case; keep memory flat
+        _checkers.key, _checkers.checker = (schema_key, kind), RowChecker(columns_from_schema(schema), kind)
+    checker: RowChecker = _checkers.checker
     digest = LtHash()
     keys = checker.check_and_hash(batches, digest)
     return digest.to_bytes(), keys
@@ -219,6 +224,7 @@ def _hash_rows_task(
 # ---------------------------------------------------------------- the pool
 
 _pool: ProcessPoolExecutor | None = None
+_threads: ThreadPoolExecutor | None = None
 _pool_off: str | None = None
 """Why worker processes are not used in this process any more (None while they are)."""
 _pool_lock = threading.Lock()
@@ -259,6 +265,25 @@ def _shared_pool(workers: int) -> ProcessPoolExecutor | None:
             )
             atexit.register(shutdown_pool)
         return _pool
+
+
+def _shared_threads(workers: int) -> ThreadPoolExecutor:
+    """Threads for checks that run in C with the GIL released (protocol/fastrows.py): they
+    use every core without the cost of sending rows to another process."""
+    global _threads
+    with _pool_lock:
+        if _threads is None:
+            _threads = ThreadPoolExecutor(workers, thread_name_prefix="row-check")
+        return _threads
+
+
+def _forget_threads() -> None:
+    """After fork the child has none of the parent's threads: start its own when needed."""
+    global _threads
+    _threads = None
+
+
+os.register_at_fork(after_in_child=_forget_threads)
 
 
 def _submit(pool: ProcessPoolExecutor, fn: Any, *args: Any) -> Future[Any]:
@@ -309,11 +334,13 @@ def worker_pids() -> list[int]:
 
 
 def shutdown_pool(wait: bool = True) -> None:
-    global _pool
+    global _pool, _threads
     with _pool_lock:
         pool, _pool = _pool, None
-    if pool is not None:
-        pool.shutdown(wait=wait, cancel_futures=True)
+        threads, _threads = _threads, None
+    for executor in (pool, threads):
+        if executor is not None:
+            executor.shutdown(wait=wait, cancel_futures=True)
 
 
 class _Tasks:
@@ -322,6 +349,7 @@ class _Tasks:
     If the pool breaks, its tasks run here instead: slower, never skipped."""
 
     worker_entry: Any  # the module-level function a worker runs on one task
+    in_threads = False  # True: the tasks run in C without the GIL, so threads are enough
 
     def __init__(self, schema: list[dict[str, Any]], kind: str, workers: int | None) -> None:
         self.schema = schema
@@ -338,7 +366,7 @@ class _Tasks:
         self._task.append(item)
         self._task_rows += rows
         if self._task_rows >= TASK_ROWS:
-            if self.rows_seen == 0 and self.workers:
+            if self.rows_seen == 0 and self.workers and not self.in_threads:
                 _warm_up_pool(self.workers)  # more is coming: start workers while this task runs here
             self._dispatch()
 
@@ -360,15 +388,25 @@ class _Tasks:
         task, self._task, rows, self._task_rows = self._task, [], self._task_rows, 0
         first = self.rows_seen == 0
         self.rows_seen += rows
-        pool = None if self.workers == 0 or first else _shared_pool(self.workers)
-        if pool is None:
+        if self.workers == 0 or first:
             # the first task always runs here, so a small package never needs a worker
+            self._run_here(task)
+            return
+        entry: Callable[..., TaskResult] = type(self).worker_entry
+        args = (self.schema_key, self.schema, self.kind, task)
+        if self.in_threads:
+            while len(self._inflight) >= 2 * self.workers:
+                self._collect()
+            self._inflight.append((_shared_threads(self.workers).submit(entry, *args), task))
+            return
+        pool = _shared_pool(self.workers)
+        if pool is None:
             self._run_here(task)
             return
         while len(self._inflight) >= 2 * self.workers:
             self._collect()
         try:
-            future = _submit(pool, type(self).worker_entry, self.schema_key, self.schema, self.kind, task)
+            future = _submit(pool, entry, *args)
         except (BrokenProcessPool, RuntimeError, OSError) as exc:
             _turn_pool_off(exc)
             self._run_here(task)
@@ -414,6 +452,7 @@ class RowPipeline(_Tasks):
     ) -> None:
         super().__init__(schema, kind, workers)
         self.local = RowChecker(columns, kind)
+        self.in_threads = self.local.fast is not None
         self._keys = KeyRegister(kind)
 
     def submit(self, batch: RawBatch) -> None:

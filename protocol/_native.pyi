@@ -1,0 +1,23 @@
+# Types of the compiled module built from protocol/csrc/native.c (see there and setup.py).
+from collections.abc import Sequence
+from typing import Any
+
+def lthash_update(
+    lanes: Any,
+    counts: Any,
+    keys: Sequence[bytes | str],
+    items: Sequence[bytes | str],
+    sign: int,
+    item_key: bytes,
+    bucket_key: bytes,
+    /,
+) -> None: ...
+def check_rows(
+    records: Sequence[str | bytes],
+    plan: tuple[tuple[int, ...], tuple[tuple[int, ...], ...]],
+    lanes: Any,
+    counts: Any,
+    item_key: bytes,
+    bucket_key: bytes,
+    /,
+) -> bool: ...
