@@ -19,5 +19,6 @@ def check_rows(
     counts: Any,
     item_key: bytes,
     bucket_key: bytes,
+    mode: int,
     /,
-) -> bool: ...
+) -> bool | list[bytes]: ...

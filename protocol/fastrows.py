@@ -29,6 +29,7 @@ from protocol.digest import LtHash, hash_keys
 
 _TEXT, _INTEGER, _DECIMAL, _DATE, _TIMESTAMP, _TIMESTAMPTZ, _BINARY, _BOOLEAN = range(1, 9)
 _NO_FORMAT, _DATE_FORMAT, _DATETIME_FORMAT = 0, 1, 2
+SNAPSHOT, DELTA, STORED = 0, 1, 2
 _FORMATS = {
     "YYYY-MM-DD": (_DATE_FORMAT, r"(?P<year>\d{4})\-(?P<month>\d{2})\-(?P<day>\d{2})"),
     "YYYY-MM-DD HH:MM:SS": (
@@ -121,6 +122,23 @@ class FastRows:
         return cls((tuple(keys), tuple(p for p in plans if p is not None)))
 
     def check_and_hash(self, records: Sequence[str], digest: LtHash) -> bool:
-        """True: all ``records`` (framed ``U,...`` records) were valid and are in ``digest``."""
+        """True: all ``records`` (framed ``U,...`` records of a snapshot) were valid and are
+        in ``digest``."""
+        return self._check(records, digest, SNAPSHOT) is True
+
+    def check_and_hash_delta(self, records: Sequence[str], digest: LtHash) -> list[bytes] | None:
+        """Framed upserts and deletes: every record's key (in order) when all were valid and
+        the upserts are in ``digest``; None when the Python path must decide."""
+        keys = self._check(records, digest, DELTA)
+        return keys if isinstance(keys, list) else None
+
+    def hash_stored(self, rows: Sequence[str], digest: LtHash) -> bool:
+        """Rows read back from a database as canonical CSV text (no op): True when every value
+        is canonical for its column and all rows are in ``digest``."""
+        return self._check(rows, digest, STORED) is True
+
+    def _check(self, records: Sequence[str], digest: LtHash, mode: int) -> bool | list[bytes]:
         item_key, bucket_key = hash_keys()
-        return _native.check_rows(records, self._plan, digest.lanes, digest.counts, item_key, bucket_key)
+        return _native.check_rows(
+            records, self._plan, digest.lanes, digest.counts, item_key, bucket_key, mode
+        )

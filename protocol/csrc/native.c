@@ -8,9 +8,10 @@
  *                byte of BLAKE3(key) keyed with the bucket key, and the item's 2048-byte keyed
  *                BLAKE3 XOF, read as 1024 little-endian 16-bit lanes, is added to (or
  *                subtracted from) that bucket's lanes mod 2^16.
- * check_rows     parse framed upsert records ("U," then the canonical CSV of the values), check
- *                each value against its column (protocol/canonical.py, ColumnValidator) and add
- *                the rows to an LtHash. It only ever ACCEPTS: any record it is not sure about
+ * check_rows     parse framed records ("U,"/"D," then the canonical CSV of the values, or rows
+ *                read back from a database without the op), check each value against its
+ *                column (protocol/canonical.py, ColumnValidator) and add the upserted rows to
+ *                an LtHash. It only ever ACCEPTS: any record it is not sure about
  *                (a bad value, a shape or a type it does not handle) makes it return False
  *                with the digest untouched, and the Python path then decides and names the
  *                row. So what C accepts is a subset of what Python accepts; never more.
@@ -422,23 +423,32 @@ typedef struct {
     column_plan *columns;
 } row_plan;
 
-/* Parse one record and check it; fill the key fields' raw spans (quotes included). */
+enum mode { MODE_SNAPSHOT = 0, MODE_DELTA = 1, MODE_STORED = 2 };
+
+/* Parse one record and check it; fill the key fields' raw spans (quotes included). Returns
+ * 'U' for an upsert, 'D' for a delete (MODE_DELTA only: key values, every other value NULL),
+ * 0 when the Python path must decide. MODE_STORED records have no op (rows read back). */
 static int
-check_record(const row_plan *plan, const char *s, Py_ssize_t n, span *key_parts)
+check_record(const row_plan *plan, int mode, const char *s, Py_ssize_t n, span *key_parts)
 {
-    if (n < 2 || s[0] != 'U' || s[1] != ',')
-        return 0;
-    const char *p = s + 2, *end = s + n;
+    int op = 'U';
+    const char *p = s, *end = s + n;
+    if (mode != MODE_STORED) {
+        if (n < 2 || s[1] != ',' || !(s[0] == 'U' || (s[0] == 'D' && mode == MODE_DELTA)))
+            return 0;
+        op = s[0];
+        p += 2;
+    }
     int next_key = 0;
     for (Py_ssize_t column = 0; column < plan->width; column++) {
         const column_plan *c = &plan->columns[column];
         const char *start = p;
         int is_key = next_key < plan->key_count && plan->key_positions[next_key] == column;
         if (p == end || *p == ',') { /* NULL */
-            if (c->not_null || is_key)
+            if ((c->not_null && op == 'U') || is_key)
                 return 0;
         } else {
-            if (*p != '"')
+            if (*p != '"' || (op == 'D' && !is_key))
                 return 0;
             field f = {p + 1, 0, 0};
             const char *q = p + 1;
@@ -469,7 +479,27 @@ check_record(const row_plan *plan, const char *s, Py_ssize_t n, span *key_parts)
             p++;
         }
     }
-    return p == end;
+    return p == end ? op : 0;
+}
+
+/* The canonical encoding of a record's key: its key fields joined by commas. */
+static PyObject *
+key_bytes(const span *parts, int count)
+{
+    Py_ssize_t size = count - 1;
+    for (int k = 0; k < count; k++)
+        size += parts[k].size;
+    PyObject *key = PyBytes_FromStringAndSize(NULL, size);
+    if (!key)
+        return NULL;
+    char *out = PyBytes_AS_STRING(key);
+    for (int k = 0; k < count; k++) {
+        if (k)
+            *out++ = ',';
+        memcpy(out, parts[k].data, (size_t)parts[k].size);
+        out += parts[k].size;
+    }
+    return key;
 }
 
 static int
@@ -538,9 +568,12 @@ read_plan(PyObject *obj, row_plan *plan)
 }
 
 PyDoc_STRVAR(check_rows_doc,
-"check_rows(records, plan, lanes, counts, item_key, bucket_key) -> bool\n\n"
-"True: every record is an upsert whose values are valid for their columns; all were added\n"
-"to the LtHash (lanes, counts). False: some record needs the Python path; nothing was added.");
+"check_rows(records, plan, lanes, counts, item_key, bucket_key, mode) -> bool | list[bytes]\n\n"
+"mode 0 (snapshot): framed upsert records; 1 (delta): upserts and deletes; 2 (stored): rows\n"
+"read back from a database, no op. When every record is valid for its columns, the upserts\n"
+"are added to the LtHash (lanes, counts) and the result is True (modes 0, 2) or the list of\n"
+"every record's key encoding (mode 1). False: some record needs the Python path; nothing\n"
+"was added.");
 
 static PyObject *
 check_rows(PyObject *module, PyObject *args)
@@ -548,12 +581,18 @@ check_rows(PyObject *module, PyObject *args)
     PyObject *records_obj, *plan_obj, *lanes_obj, *counts_obj;
     const char *item_key, *bucket_key;
     Py_ssize_t item_key_len, bucket_key_len;
-    if (!PyArg_ParseTuple(args, "OOOOy#y#:check_rows", &records_obj, &plan_obj, &lanes_obj, &counts_obj,
-                          &item_key, &item_key_len, &bucket_key, &bucket_key_len))
+    int mode;
+    if (!PyArg_ParseTuple(args, "OOOOy#y#i:check_rows", &records_obj, &plan_obj, &lanes_obj, &counts_obj,
+                          &item_key, &item_key_len, &bucket_key, &bucket_key_len, &mode))
         return NULL;
+    if (mode < MODE_SNAPSHOT || mode > MODE_STORED) {
+        PyErr_SetString(PyExc_ValueError, "mode must be 0 (snapshot), 1 (delta) or 2 (stored)");
+        return NULL;
+    }
     PyObject *records = PySequence_Tuple(records_obj);
     PyObject *result = NULL;
     span *texts = NULL, *keys = NULL;
+    char *ops = NULL;
     row_plan plan = {0};
     state_buffers buffers = {0};
     lthash state;
@@ -565,7 +604,8 @@ check_rows(PyObject *module, PyObject *args)
     Py_ssize_t n = PyTuple_GET_SIZE(records);
     texts = PyMem_Malloc(sizeof(span) * (size_t)(n + 1));
     keys = PyMem_Malloc(sizeof(span) * (size_t)(n * plan.key_count + 1));
-    if (!texts || !keys) {
+    ops = PyMem_Malloc((size_t)n + 1);
+    if (!texts || !keys || !ops) {
         PyErr_NoMemory();
         goto done;
     }
@@ -573,17 +613,32 @@ check_rows(PyObject *module, PyObject *args)
     if (ok < 0)
         goto done;
     if (ok) {
+        Py_ssize_t skip = mode == MODE_STORED ? 0 : 2;
         Py_BEGIN_ALLOW_THREADS
         for (Py_ssize_t i = 0; ok && i < n; i++)
-            ok = check_record(&plan, texts[i].data, texts[i].size, &keys[i * plan.key_count]);
+            ok = ops[i] = (char)check_record(&plan, mode, texts[i].data, texts[i].size,
+                                             &keys[i * plan.key_count]);
         if (ok) /* every record passed: only now touch the digest */
             for (Py_ssize_t i = 0; i < n; i++)
-                lthash_add(&state, &keys[i * plan.key_count], plan.key_count, texts[i].data + 2,
-                           (size_t)texts[i].size - 2, 1);
+                if (ops[i] == 'U')
+                    lthash_add(&state, &keys[i * plan.key_count], plan.key_count, texts[i].data + skip,
+                               (size_t)(texts[i].size - skip), 1);
         Py_END_ALLOW_THREADS
     }
-    result = PyBool_FromLong(ok);
+    if (!ok || mode != MODE_DELTA) {
+        result = PyBool_FromLong(ok);
+        goto done;
+    }
+    result = PyList_New(n);
+    for (Py_ssize_t i = 0; result && i < n; i++) {
+        PyObject *key = key_bytes(&keys[i * plan.key_count], plan.key_count);
+        if (!key)
+            Py_CLEAR(result);
+        else
+            PyList_SET_ITEM(result, i, key);
+    }
 done:
+    PyMem_Free(ops);
     PyMem_Free(keys);
     PyMem_Free(texts);
     PyMem_Free(plan.columns);

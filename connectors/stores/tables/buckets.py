@@ -21,7 +21,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Connection
 
-from connectors.stores.tables.dialects import Batch, DeltaApplier
+from connectors.stores.tables.dialects import Batch, DeltaApplier, drain
 from connectors.stores.tables.errors import PayloadMalformed, TableEnvironmentError, UnsupportedPackage
 from connectors.stores.tables.rowcheck import add_upserts
 from connectors.stores.tables.state import read_state
@@ -133,8 +133,7 @@ def apply_bucket_delta(
             for batch in _delete_batches(local, columns, key_positions):
                 for _old in applier.stage(batch):
                     pass
-            for _old in applier.finish():
-                pass
+            drain(applier.finish())
         except BaseException as exc:
             applier.abort(exc)
             raise

@@ -26,11 +26,12 @@ import threading
 import time
 import types
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, cast
 
+from connectors.stores.tables.dialects.base import CanonicalText, StoredRows
 from connectors.stores.tables.errors import (
     PackageRejected,
     PayloadMalformed,
@@ -46,9 +47,11 @@ from protocol.canonical import (
     canonicalizer,
     columns_from_schema,
     encode_values,
+    iter_raw_batches,
     key_indexes,
     parse_raw_batch,
     simple_columns,
+    to_python,
 )
 from protocol.digest import LtHash, row_item
 from protocol.fastrows import FastRows
@@ -71,7 +74,7 @@ class RowChecker:
         self.validators = [ColumnValidator(c) for c in self.columns]
         self.key_positions = key_indexes(self.columns)
         self.key_validators = [self.validators[i] for i in self.key_positions]
-        self.fast = FastRows.for_columns(self.columns) if kind == KIND_SNAPSHOT else None
+        self.fast = FastRows.for_columns(self.columns)
 
     def parse(self, batch: RawBatch) -> list[Record]:
         try:
@@ -115,10 +118,16 @@ class RowChecker:
         """Check and hash ``batches`` into ``digest``; a delta's keys are returned (duplicates)."""
         keys: list[bytes] = []
         for batch in batches:
-            if self.fast is not None and self.fast.check_and_hash(batch.records, digest):
-                continue
-            if self.kind == KIND_SNAPSHOT and self._snapshot_fast(batch, digest):
-                continue
+            if self.kind == KIND_SNAPSHOT:
+                if self.fast is not None and self.fast.check_and_hash(batch.records, digest):
+                    continue
+                if self._snapshot_fast(batch, digest):
+                    continue
+            elif self.fast is not None:
+                fast_keys = self.fast.check_and_hash_delta(batch.records, digest)
+                if fast_keys is not None:
+                    keys.extend(fast_keys)
+                    continue
             records = self.parse(batch)
             self.check(records)
             self.add(digest, records)
@@ -218,6 +227,39 @@ def _hash_rows_task(
     """Worker entry point: the partial digest of rows read back from the database."""
     digest = LtHash()
     hash_stored_rows(columns_from_schema(schema), rows, digest)
+    return digest.to_bytes(), []
+
+
+def hash_stored_text(
+    columns: Sequence[ColumnSpec], fast: FastRows | None, batch: RawBatch, digest: LtHash
+) -> None:
+    """Add rows the database rendered as canonical text (no op) to ``digest``: in C when every
+    value is canonical for its column; otherwise (a value written behind the agent's back,
+    say ``1.50`` in an unconstrained NUMBER) each value is read back into the driver's type
+    and canonicalised, exactly as :func:`hash_stored_rows` would."""
+    if fast is not None and fast.hash_stored(batch.records, digest):
+        return
+    framed = RawBatch(["U," + r for r in batch.records], batch.numbers, batch.first_line)
+    try:
+        records = parse_raw_batch(framed, len(columns))
+    except RecordFormatError as exc:
+        raise TableStoreError(f"rows read back from the database are not canonical CSV: {exc}") from exc
+    hash_stored_rows(
+        columns,
+        [[to_python(v, c.type) for v, c in zip(r.values, columns, strict=True)] for r in records],
+        digest,
+    )
+
+
+def _hash_text_task(
+    schema_key: str, schema: list[dict[str, Any]], kind: str, batches: list[RawBatch]
+) -> tuple[bytes, list[bytes]]:
+    """Thread entry point: the partial digest of rows read back as canonical text."""
+    columns = columns_from_schema(schema)
+    fast = FastRows.for_columns(columns)
+    digest = LtHash()
+    for batch in batches:
+        hash_stored_text(columns, fast, batch, digest)
     return digest.to_bytes(), []
 
 
@@ -482,7 +524,8 @@ class RowPipeline(_Tasks):
 
 class StoredRowsDigest(_Tasks):
     """The digest of rows read back from the database (a delta's old rows, a whole table for
-    ``verify``): canonicalising driver values costs as much as hashing, so both go to workers."""
+    ``verify``): canonicalising driver values costs as much as hashing, so both go to workers.
+    Rows the database rendered as canonical text go to a :class:`_StoredTextDigest`."""
 
     worker_entry = _hash_rows_task
 
@@ -491,13 +534,48 @@ class StoredRowsDigest(_Tasks):
     ) -> None:
         super().__init__(schema, "stored", workers)
         self.columns = list(columns)
+        self._text: _StoredTextDigest | None = None
 
-    def feed(self, rows: Iterable[Sequence[Any]]) -> None:
+    def feed(self, rows: StoredRows) -> None:
+        if isinstance(rows, CanonicalText):
+            if self._text is None:
+                self._text = _StoredTextDigest(self.columns, self.schema, self.workers)
+            for batch in iter_raw_batches(rows.chunks):
+                self._text.submit(batch)
+            return
         for row in rows:
             self._add(tuple(row), 1)
 
+    def finish(self) -> LtHash:
+        digest = super().finish()
+        return digest if self._text is None else digest.combine(self._text.finish())
+
+    def close(self) -> None:
+        super().close()
+        if self._text is not None:
+            self._text.close()
+
     def _run_here(self, task: list[Any]) -> None:
         hash_stored_rows(self.columns, task, self.digest)
+
+
+class _StoredTextDigest(_Tasks):
+    """Canonical text read back from the database, hashed in C in threads."""
+
+    worker_entry = _hash_text_task
+    in_threads = True
+
+    def __init__(self, columns: Sequence[ColumnSpec], schema: list[dict[str, Any]], workers: int) -> None:
+        super().__init__(schema, "stored", workers)
+        self.columns = list(columns)
+        self.fast = FastRows.for_columns(columns)
+
+    def submit(self, batch: RawBatch) -> None:
+        self._add(batch, len(batch.records))
+
+    def _run_here(self, task: list[Any]) -> None:
+        for batch in task:
+            hash_stored_text(self.columns, self.fast, batch, self.digest)
 
 
 __all__ = [

@@ -449,7 +449,7 @@ class TableStore:
     def _hash_table(self, conn: Connection, table: str, columns: Sequence[ColumnSpec]) -> LtHash:
         hasher = StoredRowsDigest(columns, schema_to_json(columns))
         try:
-            hasher.feed(self.dialect.select_all(conn, table, columns))
+            hasher.feed(self.dialect.stored_rows(conn, table, columns))
             return hasher.finish()
         finally:
             hasher.close()

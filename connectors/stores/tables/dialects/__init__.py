@@ -4,10 +4,27 @@ from __future__ import annotations
 
 from sqlalchemy.engine import Dialect
 
-from connectors.stores.tables.dialects.base import Batch, DeltaApplier, SnapshotLoader, SqlDialect
+from connectors.stores.tables.dialects.base import (
+    Batch,
+    CanonicalText,
+    DeltaApplier,
+    SnapshotLoader,
+    SqlDialect,
+    StoredRows,
+    drain,
+)
 from connectors.stores.tables.errors import UnsupportedDatabase
 
-__all__ = ["Batch", "DeltaApplier", "SnapshotLoader", "SqlDialect", "dialect_for"]
+__all__ = [
+    "Batch",
+    "CanonicalText",
+    "DeltaApplier",
+    "SnapshotLoader",
+    "SqlDialect",
+    "StoredRows",
+    "dialect_for",
+    "drain",
+]
 
 
 def dialect_for(sa_dialect: Dialect) -> SqlDialect:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Dialect
@@ -31,6 +31,24 @@ from protocol.canonical import (
 )
 
 Binder = Callable[[str], object]
+
+
+class CanonicalText(NamedTuple):
+    """Rows the database itself rendered in the canonical CSV encoding (no op column), as
+    byte chunks: the digest hashes them in C without a Python value per field
+    (protocol/fastrows.py). PostgreSQL's ``COPY ... TO STDOUT`` writes them."""
+
+    chunks: Iterable[bytes]
+
+
+StoredRows = Iterable[Sequence[Any]] | CanonicalText
+"""Rows read back for a digest: driver values (schema column order) or canonical text."""
+
+
+def drain(rows: StoredRows) -> None:
+    """Run a delta's ``finish()`` to its end when the old rows are not needed."""
+    for _ in rows.chunks if isinstance(rows, CanonicalText) else rows:
+        pass
 
 
 class Batch:
@@ -211,6 +229,11 @@ class SqlDialect(ABC):
         result = conn.exec_driver_sql(sql, (), execution_options={"stream_results": True, "yield_per": 2000})
         yield from result
 
+    def stored_rows(self, conn: Connection, table: str, columns: Sequence[ColumnSpec]) -> StoredRows:
+        """Every row of ``table`` for its digest (``verify``): driver values unless the
+        database can render them canonically itself."""
+        return self.select_all(conn, table, columns)
+
     def keys_condition(self, keys: Sequence[ColumnSpec], count: int) -> str:
         """``WHERE`` condition matching ``count`` keys (parameters: key values row after row)."""
         width = len(keys)
@@ -285,7 +308,7 @@ class DeltaApplier(ABC):
     @abstractmethod
     def stage(self, batch: Batch) -> Iterable[Sequence[Any]]: ...
 
-    def finish(self) -> Iterable[Sequence[Any]]:
+    def finish(self) -> StoredRows:
         return ()
 
     def abort(self, exc: BaseException) -> None:  # noqa: B027 - optional hook

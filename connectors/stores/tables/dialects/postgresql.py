@@ -18,7 +18,15 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.engine import Connection
 
-from connectors.stores.tables.dialects.base import Batch, Binder, DeltaApplier, SnapshotLoader, SqlDialect
+from connectors.stores.tables.dialects.base import (
+    Batch,
+    Binder,
+    CanonicalText,
+    DeltaApplier,
+    SnapshotLoader,
+    SqlDialect,
+    StoredRows,
+)
 from protocol.canonical import ColumnSpec, ColumnType, Family
 
 _COPY_BUFFER = 1 << 20
@@ -72,6 +80,42 @@ class PostgreSQLDialect(SqlDialect):
             cur.execute("SET extra_float_digits = 1")
         dbapi_connection.commit()
 
+    def canonical_select(self, columns: Sequence[ColumnSpec], alias: str) -> str | None:
+        """SELECT expressions that the server renders in canonical text under this session's
+        settings (ISO dates, UTC, hex bytea; ``numeric`` keeps its declared scale), or None
+        when a column has no such rendering (floating point, zoned timestamps)."""
+        expressions = []
+        for column in columns:
+            name = f"{alias}{self.quote(column.name)}"
+            family = column.type.family
+            if family is Family.TEXT and column.type.fixed:
+                expressions.append(f"{name}::text")  # char(n) without its blank padding
+            elif family is Family.BOOLEAN:
+                expressions.append(f"CASE WHEN {name} THEN 'true' WHEN NOT {name} THEN 'false' END")
+            elif family in (Family.FLOAT, Family.TIMESTAMPTZ):
+                return None
+            else:
+                expressions.append(name)
+        return ", ".join(expressions)
+
+    def copy_out(self, conn: Connection, select: str) -> Iterator[bytes]:
+        """The rows of ``select`` as COPY's CSV, every non-NULL value quoted: the canonical
+        encoding, when ``select`` comes from :meth:`canonical_select`."""
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        sql = _unparameterised(f"COPY ({select}) TO STDOUT (FORMAT csv, FORCE_QUOTE *)")
+        try:
+            with cursor.copy(sql) as copy:
+                for data in copy:
+                    yield bytes(data)
+        finally:
+            cursor.close()
+
+    def stored_rows(self, conn: Connection, table: str, columns: Sequence[ColumnSpec]) -> StoredRows:
+        select = self.canonical_select(columns, "")
+        if select is None:
+            return self.select_all(conn, table, columns)
+        return CanonicalText(self.copy_out(conn, f"SELECT {select} FROM {self.quote(table)}"))
+
     def snapshot_loader(self, conn: Connection, table: str, columns: Sequence[ColumnSpec]) -> SnapshotLoader:
         return _CopyLoader(
             conn, f"COPY {self.quote(table)} ({self.column_list(columns)}) FROM STDIN (FORMAT csv)"
@@ -81,13 +125,17 @@ class PostgreSQLDialect(SqlDialect):
         return _Delta(self, conn, table, columns)
 
 
+def _unparameterised(sql: str) -> str:
+    """COPY takes no parameters, so the %% that quoting doubled for pyformat is single again."""
+    return sql.replace("%%", "%")
+
+
 class _CopyLoader(SnapshotLoader):
     """Canonical records are COPY's CSV: write each record's raw text, no per-value work."""
 
     def __init__(self, conn: Connection, sql: str) -> None:
         self.cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        # no parameters here, so the %% that quoting doubled for pyformat must be single again
-        self.context = self.cursor.copy(sql.replace("%%", "%"))
+        self.context = self.cursor.copy(_unparameterised(sql))
         self.copy = self.context.__enter__()
         self.open = True
 
@@ -139,24 +187,36 @@ class _Delta(DeltaApplier):
     def abort(self, exc: BaseException) -> None:
         self.loader.abort(exc)
 
-    def finish(self) -> Iterator[Sequence[Any]]:
-        """Stream the rows about to change (server-side cursor), then change them."""
+    def finish(self) -> StoredRows:
+        """Stream the rows about to change (as canonical text where the server can render
+        it, else through a server-side cursor), then change them."""
         self.loader.close()
         d, q, conn = self.dialect, self.dialect.quote, self.conn
         live, staged = q(self.table), q(_DELTA_TABLE)
         conn.exec_driver_sql(f"ANALYZE {staged}", ())
-        match = d.key_match(self.keys, "t", "s")
+        join = f"FROM {live} t JOIN {staged} s ON {d.key_match(self.keys, 't', 's')}"
+        text = d.canonical_select(self.columns, "t.")
+        if text is not None:
+            return CanonicalText(self._then_apply(d.copy_out(conn, f"SELECT {text} {join}")))
+        return self._then_apply(self._replaced_rows(f"SELECT {d.column_list(self.columns, 't.')} {join}"))
+
+    def _replaced_rows(self, select: str) -> Iterator[Sequence[Any]]:
         # the driver's own server-side cursor: plain tuples a batch at a time (SQLAlchemy's
         # streamed Result costs ~10 µs a row here, more than hashing the row)
-        cursor = conn.connection.driver_connection.cursor(name="edu_sync_replaced")  # type: ignore[union-attr]
+        cursor = self.conn.connection.driver_connection.cursor(name="edu_sync_replaced")  # type: ignore[union-attr]
         try:
-            cursor.execute(
-                f"SELECT {d.column_list(self.columns, 't.')} FROM {live} t JOIN {staged} s ON {match}", ()
-            )
+            cursor.execute(select, ())
             while rows := cursor.fetchmany(5000):
                 yield from rows
         finally:
             cursor.close()
+
+    def _then_apply(self, old: Iterator[Any]) -> Iterator[Any]:
+        """Yield the old rows, then change the table (the caller reads them to the end)."""
+        yield from old
+        d, q, conn = self.dialect, self.dialect.quote, self.conn
+        live, staged = q(self.table), q(_DELTA_TABLE)
+        match = d.key_match(self.keys, "t", "s")
         names = d.column_list(self.columns)
         updates = ", ".join(f"{q(c.name)} = EXCLUDED.{q(c.name)}" for c in self.columns if not c.primary_key)
         conflict = f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
