@@ -63,9 +63,8 @@ def apply_all(url: str) -> tuple[TableStore, Source]:
     store, source = TableStore(url), Source(SCHEMA, subscription="sub-readback")
     header, payload = source.snapshot([row(i) for i in range(300)])
     assert store.apply(header, stream(payload), TABLE).match
-    header, payload = source.delta(
-        [row(i, variant=1) for i in range(0, 360, 3)], deletes=[(f"K{i:05d}",) for i in range(1, 300, 7) if i % 3]
-    )
+    deletes = [(f"K{i:05d}",) for i in range(1, 300, 7) if i % 3]
+    header, payload = source.delta([row(i, variant=1) for i in range(0, 360, 3)], deletes=deletes)
     result = store.apply(header, stream(payload), TABLE)
     assert result.applied and result.match, result  # the replaced rows were read back as text
     assert table_contents(url, TABLE, SCHEMA) == source.canonical_set()

@@ -47,7 +47,6 @@ from protocol.canonical import (
     canonicalizer,
     columns_from_schema,
     encode_values,
-    iter_raw_batches,
     key_indexes,
     parse_raw_batch,
     simple_columns,
@@ -540,8 +539,8 @@ class StoredRowsDigest(_Tasks):
         if isinstance(rows, CanonicalText):
             if self._text is None:
                 self._text = _StoredTextDigest(self.columns, self.schema, self.workers)
-            for batch in iter_raw_batches(rows.chunks):
-                self._text.submit(batch)
+            for batch in rows.batches:
+                self._text.submit(RawBatch(batch, None, 1))
             return
         for row in rows:
             self._add(tuple(row), 1)

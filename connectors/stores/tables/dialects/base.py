@@ -34,11 +34,11 @@ Binder = Callable[[str], object]
 
 
 class CanonicalText(NamedTuple):
-    """Rows the database itself rendered in the canonical CSV encoding (no op column), as
-    byte chunks: the digest hashes them in C without a Python value per field
-    (protocol/fastrows.py). PostgreSQL's ``COPY ... TO STDOUT`` writes them."""
+    """Rows the database itself rendered in the canonical encoding (one string a row, no op),
+    in lists: the digest hashes them in C without a Python value per field
+    (protocol/fastrows.py). PostgreSQL renders them (``canonical_select``)."""
 
-    chunks: Iterable[bytes]
+    batches: Iterable[list[str]]
 
 
 StoredRows = Iterable[Sequence[Any]] | CanonicalText
@@ -47,7 +47,7 @@ StoredRows = Iterable[Sequence[Any]] | CanonicalText
 
 def drain(rows: StoredRows) -> None:
     """Run a delta's ``finish()`` to its end when the old rows are not needed."""
-    for _ in rows.chunks if isinstance(rows, CanonicalText) else rows:
+    for _ in rows.batches if isinstance(rows, CanonicalText) else rows:
         pass
 
 

@@ -29,7 +29,7 @@ from connectors.stores.tables.dialects.base import (
 )
 from protocol.canonical import ColumnSpec, ColumnType, Family
 
-_COPY_BUFFER = 1 << 20
+_FETCH_ROWS = 8192
 _DELTA_TABLE = "edu_sync_delta"
 _OP_COLUMN = "edu_sync_op"
 """The staged record's operation; the reserved prefix keeps it apart from any user column."""
@@ -81,32 +81,33 @@ class PostgreSQLDialect(SqlDialect):
         dbapi_connection.commit()
 
     def canonical_select(self, columns: Sequence[ColumnSpec], alias: str) -> str | None:
-        """SELECT expressions that the server renders in canonical text under this session's
-        settings (ISO dates, UTC, hex bytea; ``numeric`` keeps its declared scale), or None
-        when a column has no such rendering (floating point, zoned timestamps)."""
-        expressions = []
+        """One SELECT expression giving each row's canonical encoding, rendered by the server
+        under this session's settings (ISO dates, UTC, hex bytea; ``numeric`` keeps its
+        declared scale), or None when a column has no such rendering (floating point, zoned
+        timestamps)."""
+        fields = []
         for column in columns:
-            name = f"{alias}{self.quote(column.name)}"
+            value = f"{alias}{self.quote(column.name)}"
             family = column.type.family
-            if family is Family.TEXT and column.type.fixed:
-                expressions.append(f"{name}::text")  # char(n) without its blank padding
-            elif family is Family.BOOLEAN:
-                expressions.append(f"CASE WHEN {name} THEN 'true' WHEN NOT {name} THEN 'false' END")
+            if family is Family.BOOLEAN:
+                text = f"CASE WHEN {value} THEN 'true' ELSE 'false' END"
             elif family in (Family.FLOAT, Family.TIMESTAMPTZ):
                 return None
             else:
-                expressions.append(name)
-        return ", ".join(expressions)
+                text = f"{value}::text"  # char(n) loses its blank padding, as canonical text does
+            fields.append(
+                f"CASE WHEN {value} IS NULL THEN '' ELSE '\"' || replace({text}, '\"', '\"\"') || '\"' END"
+            )
+        return " || ',' || ".join(fields)
 
-    def copy_out(self, conn: Connection, select: str) -> Iterator[bytes]:
-        """The rows of ``select`` as COPY's CSV, every non-NULL value quoted: the canonical
-        encoding, when ``select`` comes from :meth:`canonical_select`."""
-        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        sql = _unparameterised(f"COPY ({select}) TO STDOUT (FORMAT csv, FORCE_QUOTE *)")
+    def canonical_rows(self, conn: Connection, select: str) -> Iterator[list[str]]:
+        """The single text column of ``select`` (from :meth:`canonical_select`), in lists of
+        rows, through the driver's server-side cursor."""
+        cursor = conn.connection.driver_connection.cursor(name="edu_sync_canonical")  # type: ignore[union-attr]
         try:
-            with cursor.copy(sql) as copy:
-                for data in copy:
-                    yield bytes(data)
+            cursor.execute(select, ())
+            while rows := cursor.fetchmany(_FETCH_ROWS):
+                yield [r[0] for r in rows]
         finally:
             cursor.close()
 
@@ -114,7 +115,7 @@ class PostgreSQLDialect(SqlDialect):
         select = self.canonical_select(columns, "")
         if select is None:
             return self.select_all(conn, table, columns)
-        return CanonicalText(self.copy_out(conn, f"SELECT {select} FROM {self.quote(table)}"))
+        return CanonicalText(self.canonical_rows(conn, f"SELECT {select} FROM {self.quote(table)}"))
 
     def snapshot_loader(self, conn: Connection, table: str, columns: Sequence[ColumnSpec]) -> SnapshotLoader:
         return _CopyLoader(
@@ -197,7 +198,7 @@ class _Delta(DeltaApplier):
         join = f"FROM {live} t JOIN {staged} s ON {d.key_match(self.keys, 't', 's')}"
         text = d.canonical_select(self.columns, "t.")
         if text is not None:
-            return CanonicalText(self._then_apply(d.copy_out(conn, f"SELECT {text} {join}")))
+            return CanonicalText(self._then_apply(d.canonical_rows(conn, f"SELECT {text} {join}")))
         return self._then_apply(self._replaced_rows(f"SELECT {d.column_list(self.columns, 't.')} {join}"))
 
     def _replaced_rows(self, select: str) -> Iterator[Sequence[Any]]:
@@ -206,7 +207,7 @@ class _Delta(DeltaApplier):
         cursor = self.conn.connection.driver_connection.cursor(name="edu_sync_replaced")  # type: ignore[union-attr]
         try:
             cursor.execute(select, ())
-            while rows := cursor.fetchmany(5000):
+            while rows := cursor.fetchmany(_FETCH_ROWS):
                 yield from rows
         finally:
             cursor.close()
