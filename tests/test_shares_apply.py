@@ -667,3 +667,107 @@ def test_flusher_starts_ranges_in_order_and_closes_every_handed_file(
     os.close(fd)  # a descriptor that is already closed: the flusher's close fails and says so
     with pytest.raises(OSError), fsops.Flusher() as flusher:
         flusher.done(fd)
+
+
+def test_flusher_drops_written_data_behind_the_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large file's ranges are dropped once ``behind`` newer ones are under writeback, the rest
+    when it is done; small files whole, ``small_behind`` files later or at the end."""
+    from connectors.stores.shares import fsops
+
+    calls: list[tuple[str, int, int, int]] = []
+    monkeypatch.setattr(
+        fsops, "start_writeback", lambda fd, offset=0, length=0: calls.append(("start", fd, offset, length))
+    )
+    monkeypatch.setattr(
+        fsops, "drop_written", lambda fd, offset, length: calls.append(("drop", fd, offset, length))
+    )
+    big, *small = (os.open(tmp_path / f"f{i}", os.O_WRONLY | os.O_CREAT, 0o600) for i in range(5))
+    with fsops.Flusher(behind=2, small_behind=2) as flusher:
+        for i in range(4):
+            flusher.start(big, 10 * i, 10)
+        flusher.done(big, 40, 5)
+        for fd in small:
+            flusher.done(fd, 0, 7)
+    started = {(fd, o, n): ("start", fd, o, n) for _, fd, o, n in calls}
+    dropped = {fd: ("drop", fd, 0, 0) for _, fd, _, _ in calls}  # a whole file
+    assert calls == [
+        started[big, 0, 10], started[big, 10, 10], started[big, 20, 10],
+        ("drop", big, 0, 10),
+        started[big, 30, 10], ("drop", big, 10, 10),
+        started[big, 40, 5], dropped[big],
+        started[small[0], 0, 7], started[small[1], 0, 7], started[small[2], 0, 7],
+        dropped[small[0]],
+        started[small[3], 0, 7], dropped[small[1]],
+        dropped[small[2]], dropped[small[3]],
+    ]  # fmt: skip
+    for fd in (big, *small):
+        with pytest.raises(OSError):
+            os.fstat(fd)
+
+
+def _page_cached(path: Path) -> bool:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.preadv(fd, [bytearray(4096)], 0, os.RWF_NOWAIT) > 0
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def test_staged_files_leave_the_page_cache(share: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After an apply, neither a file written in ranges nor small files stay in the page cache."""
+    from connectors.stores.shares import store as store_module
+
+    probe = share / "probe"
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, b"p" * 8192)
+        os.fsync(fd)  # clean pages: only those can be dropped
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    try:
+        if _page_cached(probe):
+            pytest.skip("this filesystem keeps pages that were asked to be dropped (tmpfs?)")
+    except OSError as exc:
+        pytest.skip(f"no RWF_NOWAIT reads here: {exc}")
+    probe.unlink()
+    monkeypatch.setattr(store_module, "WRITEBACK_STEP", 64 << 10)
+    big = os.urandom(700 << 10)
+    files = {"big.bin": big, **{f"s/{i}.txt": os.urandom(5000) for i in range(40)}}
+    for durability in ("fsync", "syncfs"):
+        header, payload = files_package(files, sequence=1)
+        name = f"sub-{durability}"
+        assert ShareStore(share, space_margin=0, durability=durability).apply(header, [payload], name).match
+        assert not any(
+            _page_cached(p) for p in (share / name).rglob("*") if p.is_file() and ".edu-sync" not in str(p)
+        ), durability
+        assert tree(share / name) == files
+
+
+def test_a_write_error_seen_while_dropping_rejects_the_apply(
+    store: ShareStore, share: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Waiting for writeback consumes a write error the fsync would have reported: the apply still fails."""
+    import errno
+
+    from connectors.stores.shares import fsops
+    from connectors.stores.shares import store as store_module
+
+    def failing(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.EIO, "injected write error")
+
+    monkeypatch.setattr(store_module, "WRITEBACK_STEP", 64 << 10)
+    monkeypatch.setattr(fsops, "drop_written", failing)
+    files = {"big.bin": os.urandom(400 << 10)}
+    header, payload = files_package(files, sequence=1)
+    with pytest.raises(OSError, match="injected write error"):
+        store.apply(header, [payload], "sub")
+    assert store.position("sub") is None
+    assert tree(share / "sub") == {}
+    monkeypatch.undo()
+    assert store.apply(header, [payload], "sub").match  # a retry re-hashes what was staged
+    assert tree(share / "sub") == files

@@ -8,6 +8,7 @@ directory can never redirect a write, a delete or a read outside it.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import ctypes.util
@@ -85,7 +86,9 @@ def fsync_fd(fd: int) -> None:
     os.fsync(fd)
 
 
-_SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>: start writeback of dirty pages, do not wait
+_SYNC_FILE_RANGE_WAIT_BEFORE = 1  # <linux/fs.h>
+_SYNC_FILE_RANGE_WRITE = 2  # start writeback of dirty pages, do not wait
+_SYNC_FILE_RANGE_WAIT_AFTER = 4
 _sync_file_range = getattr(_libc, "sync_file_range", None)
 if _sync_file_range is not None:
     _sync_file_range.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
@@ -103,6 +106,25 @@ def start_writeback(fd: int, offset: int = 0, length: int = 0) -> None:
         _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
+def drop_written(fd: int, offset: int, length: int) -> None:
+    """Wait until a range is written to disk, then drop it from the page cache.
+
+    Raises ``OSError`` on a write error: waiting here consumes the error that a later
+    ``fsync`` of the same open file would otherwise have reported. Not a durability step
+    either (the device's cache is flushed by fsync/syncfs); it keeps a large staged file
+    from filling the page cache, whose new pages cost more to allocate than the disk takes
+    to write them (see docs/shares.md, "Where the time goes"). Does nothing where
+    ``sync_file_range`` is missing.
+    """
+    if _sync_file_range is None:
+        return
+    flags = _SYNC_FILE_RANGE_WAIT_BEFORE | _SYNC_FILE_RANGE_WRITE | _SYNC_FILE_RANGE_WAIT_AFTER
+    if _sync_file_range(fd, offset, length, flags) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"writing back staged data: {os.strerror(err)}")
+    os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+
+
 class Flusher:
     """Starts writeback of written files and closes them, in its own thread.
 
@@ -112,29 +134,57 @@ class Flusher:
     writer hands a descriptor over with :meth:`done` and must not use it afterwards;
     everything is carried out in the order it was asked for. Finished small files are
     handed over ``batch`` at a time (one queue operation, one wake-up for several files).
-    Nothing here is a durability step: the fsync/syncfs barrier still is.
+    Written data leaves the page cache behind the writer (:func:`drop_written`): a file
+    written in ranges (:meth:`start`) range by range, once more than ``behind`` newer
+    ranges are under writeback, and the rest when it is done; other files whole, once
+    ``small_behind`` later files were handed over (they stay open until then), or at the
+    end. That wait also paces the writer to the disk (the queue is bounded). Nothing
+    here is a durability step: the fsync/syncfs barrier still is.
     """
 
-    def __init__(self, depth: int = 16, batch: int = 8) -> None:
+    def __init__(self, depth: int = 16, batch: int = 8, behind: int = 4, small_behind: int = 64) -> None:
         self._queue: queue.Queue[list[tuple[int, int, int, bool]] | None] = queue.Queue(maxsize=depth)
         self._pending: list[tuple[int, int, int, bool]] = []
         self._batch = batch
+        self._behind = behind
+        self._small_behind = small_behind
         self._error: OSError | None = None
         self._thread = threading.Thread(target=self._run, name="share-writeback", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
+        ranges: dict[int, collections.deque[tuple[int, int]]] = {}  # large files: ranges still cached
+        small: collections.deque[int] = collections.deque()  # finished small files, still open
         while (items := self._queue.get()) is not None:
             for fd, offset, length, close in items:
-                try:
-                    if length >= 0:
-                        start_writeback(fd, offset, length)
-                finally:
-                    if close:
-                        try:
-                            os.close(fd)
-                        except OSError as exc:
-                            self._error = self._error or exc
+                if length >= 0:
+                    start_writeback(fd, offset, length)
+                if not close:
+                    cached = ranges.setdefault(fd, collections.deque())
+                    cached.append((offset, length))
+                    while len(cached) > self._behind:
+                        self._drop(fd, *cached.popleft())
+                elif ranges.pop(fd, None) is not None:
+                    self._drop_and_close(fd)
+                else:
+                    small.append(fd)
+                    if len(small) > self._small_behind:
+                        self._drop_and_close(small.popleft())
+        for fd in small:
+            self._drop_and_close(fd)
+
+    def _drop(self, fd: int, offset: int, length: int) -> None:
+        try:
+            drop_written(fd, offset, length)
+        except OSError as exc:
+            self._error = self._error or exc
+
+    def _drop_and_close(self, fd: int) -> None:
+        self._drop(fd, 0, 0)  # the whole file
+        try:
+            os.close(fd)
+        except OSError as exc:
+            self._error = self._error or exc
 
     def _push(self) -> None:
         items, self._pending = self._pending, []
