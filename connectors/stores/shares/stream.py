@@ -2,9 +2,10 @@
 
 The payload is produced by decryption and decompression; each entry's bytes are then
 hashed (SHA-256) and written. :class:`EntryReader` does the cutting and the hashing on the
-producer side, so with ``prefetch`` one thread decrypts, decompresses and hashes while the
-caller only writes (hashlib, AES-GCM, zstd and ``os.write`` all release the GIL). Memory
-stays bounded: the thread runs at most ``depth`` source blocks (1 MiB each) ahead.
+producer side, so with ``prefetch`` one thread decrypts and decompresses, a second cuts and
+hashes, and the caller only writes (hashlib, AES-GCM, zstd and ``os.write`` all release the
+GIL; the two SHA-256-bound and AES/zstd-bound halves then run on two cores). Memory stays
+bounded: each thread runs at most ``depth`` source blocks (1 MiB each) ahead.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import hashlib
 import queue
 import threading
 from collections.abc import Iterable, Iterator, Sequence
-from typing import BinaryIO, Generic, TypeVar
+from typing import Any, BinaryIO, Generic, TypeVar
 
 from connectors.stores.shares.errors import PayloadTooLongError, PayloadTooShortError
 
@@ -78,10 +79,10 @@ def _split(chunks: Iterator[bytes], entries: Sequence[tuple[str, int]]) -> Itera
 class _Prefetch(Generic[T]):
     """Pulls items from ``items`` in a thread into a bounded queue."""
 
-    def __init__(self, items: Iterator[T], depth: int) -> None:
+    def __init__(self, items: Iterator[T], depth: int, name: str) -> None:
         self._queue: queue.Queue[object] = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(items,), name="payload-prefetch", daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(items,), name=name, daemon=True)
         self._thread.start()
 
     def _put(self, item: object) -> bool:
@@ -128,11 +129,18 @@ class EntryReader:
     """
 
     def __init__(
-        self, source: Plaintext, entries: Sequence[tuple[str, int]], *, prefetch: bool = False, depth: int = 8
+        self, source: Plaintext, entries: Sequence[tuple[str, int]], *, prefetch: bool = False, depth: int = 4
     ) -> None:
-        batches = _split(_chunks(source, BLOCK), entries)
-        self._prefetch = _Prefetch(batches, depth) if prefetch else None
-        self._batches: Iterator[list[Piece]] = iter(self._prefetch) if self._prefetch else batches
+        self._stages: list[_Prefetch[Any]] = []
+        chunks = _chunks(source, BLOCK)
+        if prefetch:  # one thread decrypts and decompresses, the next cuts and hashes
+            self._stages.append(_Prefetch(chunks, depth, "payload-decrypt"))
+            chunks = iter(self._stages[-1])
+        batches = _split(chunks, entries)
+        if prefetch:
+            self._stages.append(_Prefetch(batches, depth, "payload-hash"))
+            batches = iter(self._stages[-1])
+        self._batches: Iterator[list[Piece]] = batches
         self._pending: Iterator[Piece] = iter(())
         self.digest: str | None = None
 
@@ -171,8 +179,8 @@ class EntryReader:
             raise AssertionError("a piece beyond the declared entries")  # _split raises first
 
     def close(self) -> None:
-        if self._prefetch is not None:
-            self._prefetch.close()
+        for stage in reversed(self._stages):  # the consumer of a stage first, so none waits on a stopped one
+            stage.close()
 
     def __enter__(self) -> EntryReader:
         return self
