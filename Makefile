@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 
 .PHONY: venv demo test lint clean
 
-$(BIN)/.installed: pyproject.toml setup.py protocol/csrc/native.c
+$(BIN)/.installed: pyproject.toml setup.py protocol/csrc/native.c protocol/csrc/xof.h
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[postgresql,mysql,dm,dev]'

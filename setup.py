@@ -18,8 +18,9 @@ BLAKE3 = "protocol/csrc/blake3"
 
 
 def lthash_extension() -> Extension:
+    # blake3.c is #included by native.c (its XOF is widened there, protocol/csrc/xof.h)
     sources = ["protocol/csrc/native.c"] + [
-        f"{BLAKE3}/{name}" for name in ("blake3.c", "blake3_dispatch.c", "blake3_portable.c")
+        f"{BLAKE3}/{name}" for name in ("blake3_dispatch.c", "blake3_portable.c")
     ]
     machine = platform.machine().lower()
     extra_objects: list[str] = []
