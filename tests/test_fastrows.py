@@ -8,11 +8,12 @@ put in a record and given to both paths.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import example, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from connectors.stores.tables.errors import PackageRejected
@@ -234,12 +235,23 @@ def test_a_float_column_keeps_the_python_path() -> None:
     assert FastRows.for_columns(columns) is None
 
 
-@settings(max_examples=50, deadline=None)
+@pytest.fixture(params=[16, 8, 1])
+def xof_width(request: pytest.FixtureRequest) -> Iterator[int]:
+    """Each way of computing the XOF that this CPU can run (AVX-512, AVX2, one block)."""
+    width = _native.set_xof_width(request.param)
+    if width != request.param:
+        _native.set_xof_width(0)
+        pytest.skip(f"this CPU cannot compute {request.param} XOF blocks at once")
+    yield width
+    _native.set_xof_width(0)
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     st.lists(st.one_of(st.binary(max_size=300), st.binary(min_size=1000, max_size=5000)), max_size=20),
     st.sampled_from([1, -1]),
 )
-def test_native_lanes_are_the_documented_construction(items: list[bytes], sign: int) -> None:
+def test_native_lanes_are_the_documented_construction(xof_width: int, items: list[bytes], sign: int) -> None:
     """protocol/digest.py states the construction in Python (item_lanes, bucket_of); items
     longer than a BLAKE3 chunk (1 KiB) take the tree path to the root node in xof.h."""
     keys = [item[:5] for item in items]

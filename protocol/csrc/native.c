@@ -649,7 +649,28 @@ done:
     return result;
 }
 
+PyDoc_STRVAR(set_xof_width_doc,
+"set_xof_width(width) -> int\n\n"
+"Compute the XOF 16, 8 or 1 block(s) at a time (0: the widest this CPU supports); returns\n"
+"the width now in use. For tests: every width gives the same bytes.");
+
+static PyObject *
+set_xof_width(PyObject *module, PyObject *arg)
+{
+    long width = PyLong_AsLong(arg);
+    if (width == -1 && PyErr_Occurred())
+        return NULL;
+    int widest = widest_xof();
+    if (width != 0 && width != 1 && width != 8 && width != 16) {
+        PyErr_SetString(PyExc_ValueError, "width must be 0, 1, 8 or 16");
+        return NULL;
+    }
+    xof_width = width == 0 || width > widest ? widest : (int)width;
+    return PyLong_FromLong(xof_width);
+}
+
 static PyMethodDef methods[] = {
+    {"set_xof_width", set_xof_width, METH_O, set_xof_width_doc},
     {"lthash_update", lthash_update, METH_VARARGS, lthash_update_doc},
     {"check_rows", check_rows, METH_VARARGS, check_rows_doc},
     {NULL, NULL, 0, NULL},
@@ -663,5 +684,6 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__native(void)
 {
+    xof_width = widest_xof();
     return PyModule_Create(&module);
 }

@@ -101,6 +101,19 @@ DEFINE_WIDE_XOF(xof16_avx512, "avx512f", 16)
 DEFINE_WIDE_XOF(xof8_avx2, "avx2", 8)
 #endif
 
+/* Blocks computed side by side: the widest the CPU supports, or a narrower one (tests). */
+static int xof_width = 0;
+
+static int
+widest_xof(void)
+{
+#ifdef WIDE_XOF
+    return __builtin_cpu_supports("avx512f") ? 16 : __builtin_cpu_supports("avx2") ? 8 : 1;
+#else
+    return 1;
+#endif
+}
+
 /* out_len (a multiple of 64) bytes of the hasher's XOF from offset 0. */
 static void
 xof_blocks(const blake3_hasher *hasher, uint8_t *out, size_t out_len)
@@ -108,9 +121,7 @@ xof_blocks(const blake3_hasher *hasher, uint8_t *out, size_t out_len)
     output_t root = root_output(hasher);
     uint64_t block = 0, blocks = out_len / 64;
 #ifdef WIDE_XOF
-    static int width = -1;
-    if (width < 0)
-        width = __builtin_cpu_supports("avx512f") ? 16 : __builtin_cpu_supports("avx2") ? 8 : 1;
+    int width = xof_width;
     for (; width == 16 && block + 16 <= blocks; block += 16)
         xof16_avx512(&root, block, out + 64 * block);
     for (; width >= 8 && block + 8 <= blocks; block += 8)
