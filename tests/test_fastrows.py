@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from connectors.stores.tables.errors import PackageRejected
 from connectors.stores.tables.rowcheck import RowChecker
 from protocol import _native
-from protocol.canonical import RawBatch, columns_from_schema, encode_record, iter_raw_batches
+from protocol.canonical import RawBatch, columns_from_schema, encode_record, iter_raw_batches, parse_raw_batch
 from protocol.digest import ITEM_BYTES, LtHash, bucket_of, digest_of, hash_keys, item_lanes, row_item
 from protocol.fastrows import FastRows
 from tests.tables_helpers import STAFF_SCHEMA, staff_row
@@ -291,3 +291,27 @@ def test_native_calls_refuse_bad_arguments() -> None:
         _native.check_rows([], ((0,), ((1, 0, 0, 0, 0, 0, 0, 0, 0, 0),)), digest.lanes, digest.counts,
                            item_key, bucket_key, 3)  # fmt: skip
     assert digest == LtHash()
+
+
+field_values = st.one_of(st.none(), st.text(alphabet=st.sampled_from('a,"\n\r 张\x00'), max_size=6))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("UD"), st.lists(field_values, min_size=3, max_size=3)), max_size=6))
+def test_parse_rows_reads_canonical_records_like_the_python_parser(
+    rows: list[tuple[str, list[str | None]]],
+) -> None:
+    records = [encode_record(op, values).decode("utf-8")[:-1] for op, values in rows]
+    parsed = _native.parse_rows(records, 3)
+    assert parsed is not None
+    python = parse_raw_batch(RawBatch(records, None, 1), 3)
+    assert parsed == ("".join(r.op for r in python), [tuple(r.values) for r in python])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(['"', ",", "U", "D", "a", '""', "\n"]), max_size=12).map("".join))
+def test_parse_rows_never_reads_what_the_python_parser_refuses(text: str) -> None:
+    parsed = _native.parse_rows([text], 2)
+    if parsed is not None:
+        python = parse_raw_batch(RawBatch([text], None, 1), 2)
+        assert parsed == (python[0].op, [tuple(python[0].values)])

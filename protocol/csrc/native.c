@@ -649,6 +649,121 @@ done:
     return result;
 }
 
+/* ------------------------------------------------------------------ values for drivers */
+
+/* One framed record ("U," or "D," then width canonical fields) into a tuple of str/None;
+ * the op goes to *op. NULL with no error set: not a canonical record (the Python parser
+ * then names what is wrong). */
+static PyObject *
+record_values(PyObject *record, Py_ssize_t width, Py_UCS4 *op)
+{
+    int kind = PyUnicode_KIND(record);
+    const void *data = PyUnicode_DATA(record);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(record), p = 2;
+    if (n < 2 || PyUnicode_READ(kind, data, 1) != ',')
+        return NULL;
+    *op = PyUnicode_READ(kind, data, 0);
+    if (*op != 'U' && *op != 'D')
+        return NULL;
+    PyObject *values = PyTuple_New(width);
+    if (!values)
+        return NULL;
+    for (Py_ssize_t column = 0; column < width; column++) {
+        PyObject *value;
+        if (p == n || PyUnicode_READ(kind, data, p) == ',') {
+            value = Py_None;
+            Py_INCREF(value);
+        } else {
+            if (PyUnicode_READ(kind, data, p) != '"')
+                goto not_canonical;
+            Py_ssize_t start = ++p, quotes = 0;
+            for (;; p++) {
+                if (p >= n)
+                    goto not_canonical;
+                if (PyUnicode_READ(kind, data, p) == '"') {
+                    if (p + 1 < n && PyUnicode_READ(kind, data, p + 1) == '"') {
+                        quotes++;
+                        p++;
+                        continue;
+                    }
+                    break;
+                }
+            }
+            value = PyUnicode_Substring(record, start, p++);
+            if (value && quotes) {
+                PyObject *doubled = PyUnicode_FromString("\"\""), *single = PyUnicode_FromString("\"");
+                PyObject *unescaped = doubled && single ? PyUnicode_Replace(value, doubled, single, -1) : NULL;
+                Py_XDECREF(doubled);
+                Py_XDECREF(single);
+                Py_SETREF(value, unescaped);
+            }
+            if (!value) {
+                Py_DECREF(values);
+                return NULL;
+            }
+        }
+        PyTuple_SET_ITEM(values, column, value);
+        if (column + 1 < width) {
+            if (p == n || PyUnicode_READ(kind, data, p) != ',')
+                goto not_canonical;
+            p++;
+        }
+    }
+    if (p == n)
+        return values;
+not_canonical:
+    Py_DECREF(values);
+    return NULL;
+}
+
+PyDoc_STRVAR(parse_rows_doc,
+"parse_rows(records, width) -> (ops, rows) | None\n\n"
+"Framed records (str) into their ops (a str, one letter a record) and value tuples (str, or\n"
+"None for NULL), ready for a driver's executemany. None when a record is not in the\n"
+"canonical encoding: the Python parser then says what is wrong. Nothing is validated.");
+
+static PyObject *
+parse_rows(PyObject *module, PyObject *args)
+{
+    PyObject *records_obj;
+    Py_ssize_t width;
+    if (!PyArg_ParseTuple(args, "On:parse_rows", &records_obj, &width))
+        return NULL;
+    if (width < 1) {
+        PyErr_SetString(PyExc_ValueError, "width must be positive");
+        return NULL;
+    }
+    PyObject *records = PySequence_Fast(records_obj, "records must be a sequence");
+    if (!records)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(records);
+    PyObject *rows = PyList_New(n), *ops = PyUnicode_New(n, 127), *result = NULL;
+    if (!rows || !ops)
+        goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *record = PySequence_Fast_GET_ITEM(records, i);
+        Py_UCS4 op = 0;
+        if (!PyUnicode_Check(record)) {
+            PyErr_SetString(PyExc_TypeError, "records must be str");
+            goto done;
+        }
+        PyObject *values = record_values(record, width, &op);
+        if (!values) {
+            if (!PyErr_Occurred())
+                result = Py_None, Py_INCREF(result);
+            goto done;
+        }
+        PyList_SET_ITEM(rows, i, values);
+        PyUnicode_WRITE(PyUnicode_1BYTE_KIND, PyUnicode_DATA(ops), i, op);
+    }
+    result = PyTuple_Pack(2, ops, rows);
+done:
+    Py_XDECREF(ops);
+    Py_XDECREF(rows);
+    Py_DECREF(records);
+    return result;
+}
+
 PyDoc_STRVAR(set_xof_width_doc,
 "set_xof_width(width) -> int\n\n"
 "Compute the XOF 16, 8 or 1 block(s) at a time (0: the widest this CPU supports); returns\n"
@@ -671,6 +786,7 @@ set_xof_width(PyObject *module, PyObject *arg)
 
 static PyMethodDef methods[] = {
     {"set_xof_width", set_xof_width, METH_O, set_xof_width_doc},
+    {"parse_rows", parse_rows, METH_VARARGS, parse_rows_doc},
     {"lthash_update", lthash_update, METH_VARARGS, lthash_update_doc},
     {"check_rows", check_rows, METH_VARARGS, check_rows_doc},
     {NULL, NULL, 0, NULL},

@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Dialect
 
 from connectors.stores.tables.errors import PayloadMalformed
+from protocol import _native
 from protocol.canonical import (
     ColumnSpec,
     ColumnType,
@@ -27,7 +28,6 @@ from protocol.canonical import (
     Record,
     RecordFormatError,
     parse_raw_batch,
-    simple_columns,
 )
 
 Binder = Callable[[str], object]
@@ -60,7 +60,7 @@ class Batch:
     Validation runs beside the load (``rowcheck``) and must pass before anything commits.
     """
 
-    __slots__ = ("_columns", "_records", "raw", "width")
+    __slots__ = ("_parsed", "_records", "raw", "width")
 
     def __init__(
         self, records: list[Record] | None = None, *, raw: RawBatch | None = None, width: int = 0
@@ -68,7 +68,8 @@ class Batch:
         if (records is None) == (raw is None):
             raise ValueError("a batch is built from records or from a raw batch")
         self._records, self.raw, self.width = records, raw, width
-        self._columns: list[tuple[str | None, ...]] | bool | None = raw is not None  # True: not read yet
+        self._parsed: tuple[str, list[tuple[str | None, ...]]] | bool | None
+        self._parsed = raw is not None  # True: not read yet
 
     @property
     def records(self) -> list[Record]:
@@ -80,23 +81,23 @@ class Batch:
                 raise PayloadMalformed(str(exc)) from exc
         return self._records
 
-    def _simple_columns(self) -> list[tuple[str | None, ...]] | None:
-        """Ops and values column by column, read once from the framed text when every record
-        has the common shape (``protocol.canonical.simple_columns``), without record objects."""
-        if self._columns is True:
+    def _ops_and_rows(self) -> tuple[str, list[tuple[str | None, ...]]] | None:
+        """Ops and value tuples read in C from the framed text, when every record is in the
+        canonical encoding (protocol/csrc/native.c, ``parse_rows``), without record objects."""
+        if self._parsed is True:
             assert self.raw is not None
-            self._columns = simple_columns(self.raw, self.width)
-        return self._columns or None
+            self._parsed = _native.parse_rows(self.raw.records, self.width)
+        return self._parsed or None
 
-    def value_columns(self) -> list[tuple[str | None, ...]] | None:
-        """The values column by column; None when the batch needs ``records``."""
-        columns = self._simple_columns()
-        return columns[1:] if columns is not None else None
+    def value_rows(self) -> Sequence[Sequence[str | None]]:
+        """Each record's values (str, None for NULL)."""
+        parsed = self._ops_and_rows()
+        return parsed[1] if parsed is not None else [r.values for r in self.records]
 
-    def ops(self) -> Sequence[str | None]:
+    def ops(self) -> Sequence[str]:
         """Each record's operation (``U`` or ``D``)."""
-        columns = self._simple_columns()
-        return columns[0] if columns is not None else [r.op for r in self.records]
+        parsed = self._ops_and_rows()
+        return parsed[0] if parsed is not None else [r.op for r in self.records]
 
     def lines(self) -> list[str]:
         """Each record's text, ``op,values`` (no terminator)."""
@@ -179,25 +180,19 @@ class SqlDialect(ABC):
 
     # -- bulk operations ------------------------------------------------------------------
     def bound_rows(self, batch: Batch, binders: Sequence[Binder | None]) -> Sequence[Sequence[object]]:
-        """Driver parameters of each record (read-only: may share the records' value lists)."""
-        columns = batch.value_columns()
-        if columns is not None:
-            bound = [
-                column if bind is None else tuple(None if v is None else bind(v) for v in column)
-                for column, bind in zip(columns, binders, strict=True)
-            ]
-            return list(zip(*bound, strict=True))
+        """Driver parameters of each record (read-only: may share the batch's value tuples)."""
+        values = batch.value_rows()
         active = [(i, bind) for i, bind in enumerate(binders) if bind is not None]
         if not active:
-            return [record.values for record in batch.records]
+            return values
         rows = []
-        for record in batch.records:
-            values: list[object] = list(record.values)
+        for row in values:
+            bound: list[object] = list(row)
             for i, bind in active:
-                value = values[i]
+                value = row[i]
                 if value is not None:
-                    values[i] = bind(value)  # type: ignore[arg-type]
-            rows.append(values)
+                    bound[i] = bind(value)
+            rows.append(bound)
         return rows
 
     @abstractmethod
