@@ -274,3 +274,32 @@ def test_plaintext_feeds_the_csv_module(tmp_path: Path) -> None:
     with open_package(path, trusted_senders=TRUSTED, recipient=AGENT, now=NOW) as package:
         reader = csv.reader(io.TextIOWrapper(package.plaintext(), encoding="utf-8", newline=""))
         assert list(reader) == rows
+
+
+def test_payload_digest_reads_ahead_over_many_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The digest pass cycles its few buffers many times: a good package opens, a flipped byte
+    in any block is caught, and a file that shrinks under the pass fails without a thread left."""
+    import threading
+
+    from protocol import package as package_module
+    from protocol.errors import PayloadDigestError, TruncatedError
+
+    monkeypatch.setattr(package_module, "_DIGEST_BLOCK", 1000)  # blocks across chunk boundaries
+    payload = incompressible(50_000)
+    path = write_package(tmp_path, payload)
+    assert read_all(path) == payload
+    data = path.read_bytes()
+    for offset in (len(data) - 50_000, len(data) - 25_000, len(data) - 1):
+        tampered = tmp_path / f"flipped-{offset}.pkg"
+        tampered.write_bytes(data[:offset] + bytes([data[offset] ^ 1]) + data[offset + 1 :])
+        with pytest.raises(PayloadDigestError):
+            read_all(tampered)
+
+    with open(path, "rb") as handle:
+        fd = handle.fileno()
+        envelope = package_module.read_envelope(fd)
+        header = read_header(path, trusted_senders=TRUSTED, now=NOW)
+        os.truncate(path, len(data) - 20_000)
+        with pytest.raises(TruncatedError, match="shrank"):
+            package_module.check_payload(fd, envelope, header)
+    assert not [t for t in threading.enumerate() if t.name == "payload-digest"]
