@@ -15,9 +15,10 @@
 #
 # Wheels come from a cache (default ~/.cache/edu-agent/wheelhouse, or $EDU_WHEELHOUSE_CACHE).
 # The first build fills it from the package index; later builds, and every build with
-# --offline, use only the cache. --python-version/--platform build for another target
-# (e.g. --python-version 3.10 --platform manylinux2014_x86_64); the default is the Python
-# running the build. The project wheel is built from `git archive HEAD` when --source is not
+# --offline, use only the cache. --python-version/--platform choose the dependencies' wheels
+# (e.g. --python python3.10 --python-version 3.10 --platform manylinux2014_x86_64); the
+# project's own wheel holds compiled code and is built by --python for this machine, so both
+# must match it (checked). The default is the Python running the build. The project wheel is built from `git archive HEAD` when --source is not
 # given and the repository is a git checkout, so uncommitted files never ship.
 set -euo pipefail
 
@@ -57,6 +58,14 @@ version=$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' "$repo/agent/__init__.py")
 
 host_version=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 py_version=${target_version:-$host_version}
+# The project's wheel holds compiled code (protocol/csrc): it is built by $python for this
+# machine, so the target must run the same Python version on the same architecture.
+[ "$py_version" = "$host_version" ] ||
+    die "the project's wheel holds compiled code: build with the target's Python (--python python$py_version), not $host_version"
+case ${target_platform:-$(uname -m)} in
+    *"$(uname -m)"*) ;;
+    *) die "the project's wheel holds compiled code: build on a $target_platform machine (this one is $(uname -m))" ;;
+esac
 target_args=(--only-binary=:all:)
 if [ -n "$target_version" ] || [ -n "$target_platform" ]; then
     target_args+=(--python-version "$py_version" --implementation cp)
