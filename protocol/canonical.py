@@ -28,6 +28,7 @@ from decimal import Context, Decimal, InvalidOperation
 from itertools import repeat
 from typing import IO, Any, ClassVar, NamedTuple
 
+from protocol import _native
 from protocol.errors import ProtocolError
 
 MAX_DECIMAL_PRECISION = 38
@@ -904,47 +905,16 @@ def iter_raw_batches(stream: IO[bytes] | Iterable[bytes]) -> Iterator[RawBatch]:
     line = 1
     for text in _decode_chunks(chunks):
         text = pending + text
-        cut = text.rfind("\n")
-        if cut < 0:
-            pending = text
-            continue
-        pending = text[cut + 1 :]
-        first_line = line
-        records, numbers, carry = _split_records(text[:cut].split("\n"), line)
-        if carry is not None:
-            pending = carry + "\n" + pending
-        line += text.count("\n", 0, cut + 1) - (carry.count("\n") + 1 if carry is not None else 0)
+        # in C: one pass over the text, a newline inside a quoted value does not end a record
+        records, numbers, rest, lines = _native.split_records(text, line)
+        pending = text[rest:]
         if records:
-            yield RawBatch(records, numbers, first_line)
+            yield RawBatch(records, numbers, line)
+        line += lines
     if pending:
         if pending.count('"') % 2:
             raise RecordFormatError(f"record at line {line}: unterminated quoted field")
         raise RecordFormatError(f"record at line {line}: missing final newline")
-
-
-def _split_records(lines: list[str], first: int) -> tuple[list[str], list[int] | None, str | None]:
-    """Join lines into records (a quoted value may hold newlines); the open tail is carried."""
-    odd = [piece.count('"') & 1 for piece in lines]
-    if 1 not in odd:
-        return lines, None, None
-    records: list[str] = []
-    numbers: list[int] = []
-    buffer: list[str] | None = None
-    start = first
-    for index, (piece, parity) in enumerate(zip(lines, odd, strict=True)):
-        if buffer is None:
-            if parity:
-                buffer, start = [piece], first + index
-            else:
-                records.append(piece)
-                numbers.append(first + index)
-        else:
-            buffer.append(piece)
-            if parity:
-                records.append("\n".join(buffer))
-                numbers.append(start)
-                buffer = None
-    return records, numbers, "\n".join(buffer) if buffer is not None else None
 
 
 _FIELD = r'(?:"[^"]*(?:""[^"]*)*")?'

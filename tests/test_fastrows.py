@@ -315,3 +315,32 @@ def test_parse_rows_never_reads_what_the_python_parser_refuses(text: str) -> Non
     if parsed is not None:
         python = parse_raw_batch(RawBatch([text], None, 1), 2)
         assert parsed == (python[0].op, [tuple(python[0].values)])
+
+
+def reference_split(text: str, line: int) -> tuple[list[str], list[int], str]:
+    """Framing by lines: a record goes on while its quotes are odd (the rule, stated slowly)."""
+    records: list[str] = []
+    numbers: list[int] = []
+    buffer: list[str] = []
+    start = line
+    pieces = text.split("\n")
+    for number, piece in enumerate(pieces[:-1], start=line):
+        if not buffer:
+            start = number
+        buffer.append(piece)
+        if "\n".join(buffer).count('"') % 2 == 0:
+            records.append("\n".join(buffer))
+            numbers.append(start)
+            buffer = []
+    return records, numbers, "\n".join([*buffer, pieces[-1]])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(['"', "\n", "a", ",", "张"]), max_size=30).map("".join), st.integers(1, 99))
+def test_split_records_frames_like_the_line_rule(text: str, line: int) -> None:
+    records, numbers, rest, lines = _native.split_records(text, line)
+    expected, expected_numbers, expected_rest = reference_split(text, line)
+    assert records == expected
+    assert (numbers or list(range(line, line + len(records)))) == expected_numbers
+    assert text[rest:] == expected_rest
+    assert lines == text[:rest].count("\n")

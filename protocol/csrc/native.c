@@ -764,6 +764,58 @@ done:
     return result;
 }
 
+/* ------------------------------------------------------------------ framing */
+
+PyDoc_STRVAR(split_records_doc,
+"split_records(text, line) -> (records, numbers, rest, lines)\n\n"
+"Cut decoded payload text into complete records: a newline ends a record unless it is inside\n"
+"a quoted value (an odd number of quotes so far). records: each record's text without its\n"
+"newline; numbers: the payload line each starts on (None when every record is one line, so\n"
+"record i starts on line + i); rest: where the unfinished tail starts in text; lines: the\n"
+"newlines consumed.");
+
+static PyObject *
+split_records(PyObject *module, PyObject *args)
+{
+    PyObject *text;
+    Py_ssize_t line;
+    if (!PyArg_ParseTuple(args, "Un:split_records", &text, &line))
+        return NULL;
+    int kind = PyUnicode_KIND(text);
+    const void *data = PyUnicode_DATA(text);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(text), start = 0, newlines = 0, start_line = line;
+    int quoted = 0, multiline = 0;
+    PyObject *records = PyList_New(0), *numbers = PyList_New(0), *result = NULL;
+    if (!records || !numbers)
+        goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_UCS4 c = PyUnicode_READ(kind, data, i);
+        if (c == '"') {
+            quoted ^= 1;
+        } else if (c == '\n') {
+            newlines++;
+            if (quoted) {
+                multiline = 1;
+                continue;
+            }
+            PyObject *record = PyUnicode_Substring(text, start, i);
+            PyObject *number = record ? PyLong_FromSsize_t(start_line) : NULL;
+            int failed = !number || PyList_Append(records, record) < 0 || PyList_Append(numbers, number) < 0;
+            Py_XDECREF(record);
+            Py_XDECREF(number);
+            if (failed)
+                goto done;
+            start = i + 1;
+            start_line = line + newlines;
+        }
+    }
+    result = Py_BuildValue("(OOnn)", records, multiline ? numbers : Py_None, start, start_line - line);
+done:
+    Py_XDECREF(records);
+    Py_XDECREF(numbers);
+    return result;
+}
+
 PyDoc_STRVAR(set_xof_width_doc,
 "set_xof_width(width) -> int\n\n"
 "Compute the XOF 16, 8 or 1 block(s) at a time (0: the widest this CPU supports); returns\n"
@@ -787,6 +839,7 @@ set_xof_width(PyObject *module, PyObject *arg)
 static PyMethodDef methods[] = {
     {"set_xof_width", set_xof_width, METH_O, set_xof_width_doc},
     {"parse_rows", parse_rows, METH_VARARGS, parse_rows_doc},
+    {"split_records", split_records, METH_VARARGS, split_records_doc},
     {"lthash_update", lthash_update, METH_VARARGS, lthash_update_doc},
     {"check_rows", check_rows, METH_VARARGS, check_rows_doc},
     {NULL, NULL, 0, NULL},
