@@ -14,6 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from connectors.stores.tables import TableStore, rowcheck
+from connectors.stores.tables.dialects.postgresql import PostgreSQLDialect
 from tests.tables_helpers import Source, staff_row, stream, table_contents
 
 RUNS = 50
@@ -51,12 +52,16 @@ def _packages(seed: int) -> tuple[list[tuple[object, bytes]], list[set[str]]]:
 
 def _child(url: str, packages: list[tuple[object, bytes]], workers: bool = False) -> None:
     """Runs in the forked child: apply everything from the current position on, then exit.
-    With ``workers``, rows are checked in a row-check pool of the child's own (tiny tasks)."""
+    Tasks are tiny, so every package's rows are checked beside the load: in threads running
+    the C checks, or with ``workers`` in a pool of worker processes of the child's own
+    running the Python checks (forced: this schema would take the C checks)."""
     try:
+        rowcheck.TASK_ROWS = 40
+        os.environ["EDU_SYNC_CHECK_WORKERS"] = "2"
         if workers:
             rowcheck._pool, rowcheck._pool_off = None, None  # the parent's pool does not survive fork
-            rowcheck.TASK_ROWS = 40
-            os.environ["EDU_SYNC_CHECK_WORKERS"] = "2"
+            rowcheck.FastRows.for_columns = classmethod(lambda cls, columns: None)  # type: ignore[method-assign,assignment]
+            PostgreSQLDialect.canonical_select = lambda self, columns, alias: None  # type: ignore[method-assign]
             os.environ[WORKER_MARK] = str(os.getpid())  # inherited by the workers it spawns
         store = TableStore(url)
         for header, payload in packages:
