@@ -35,8 +35,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
+import blake3
 import zstandard
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -94,7 +95,27 @@ from protocol.keys import PartyKeys, PublicBundle
 from protocol.layout import new_package_id, temp_name, validate_id, validate_package_id, validate_sequence
 
 SUITE_V1 = "ed25519-x25519-hkdf-sha256-aes256gcm-sha256-zstd"
-SUPPORTED_SUITES = frozenset({SUITE_V1})
+#: v1 with a BLAKE3-256 payload digest: the digest pass reads the whole payload before anything
+#: is decrypted, and BLAKE3 is ~10x faster than SHA-256 on CPUs without SHA extensions.
+SUITE_BLAKE3 = "ed25519-x25519-hkdf-sha256-aes256gcm-blake3-zstd"
+#: What writers use unless told otherwise; readers accept every suite of SUPPORTED_SUITES.
+DEFAULT_SUITE = SUITE_BLAKE3
+
+
+class PayloadHash(Protocol):
+    """The part of hashlib's and blake3's hash objects the payload digest uses."""
+
+    def update(self, data: bytes | memoryview, /) -> object: ...
+
+    def hexdigest(self) -> str: ...
+
+
+#: The payload digest of each suite (the only algorithm the two suites differ in).
+PAYLOAD_HASHES: Mapping[str, Callable[[], PayloadHash]] = {
+    SUITE_V1: hashlib.sha256,
+    SUITE_BLAKE3: blake3.blake3,
+}
+SUPPORTED_SUITES = frozenset(PAYLOAD_HASHES)
 
 MAGIC = b"\x89EDUPKG"
 PREFIX = MAGIC + bytes([FORMAT_VERSION])
@@ -185,6 +206,8 @@ class PackageWriter:
     expected state, manifest), writes header + payload under a temporary name in the same
     directory, fsyncs, and renames.  ``counts``, ``expected_state`` and ``manifest`` may be
     set until ``close()``.  Used as a context manager, an exception discards everything.
+    ``suite`` defaults to :data:`DEFAULT_SUITE`; :data:`SUITE_V1` is for agents that
+    predate it (they refuse any other suite).
     """
 
     def __init__(
@@ -208,10 +231,13 @@ class PackageWriter:
         package_id: str | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         level: int = DEFAULT_LEVEL,
+        suite: str = DEFAULT_SUITE,
     ) -> None:
         self.path = Path(path)
         if kind not in KINDS:
             raise InvalidFieldError(f"kind {kind!r} is not one of {', '.join(sorted(KINDS))}")
+        if suite not in SUPPORTED_SUITES:
+            raise InvalidFieldError(f"suite {suite!r} is not one of {', '.join(sorted(SUPPORTED_SUITES))}")
         try:
             validate_id(subscription, "subscription id")
             validate_sequence(sequence)
@@ -238,7 +264,7 @@ class PackageWriter:
         check_json_value(list(schema), "schema")
         self._fields: dict[str, Any] = {
             "format": FORMAT_VERSION,
-            "suite": SUITE_V1,
+            "suite": suite,
             "package_id": self.package_id,
             "kind": kind,
             "sender": sender.party_id,
@@ -277,7 +303,7 @@ class PackageWriter:
         self._index = 0
         self._ciphertext_bytes = 0
         self._plaintext_bytes = 0
-        self._hash = hashlib.sha256()
+        self._hash = PAYLOAD_HASHES[suite]()
         self._out = bytearray(chunk_size + TAG_BYTES)
         self._spool_path = self.path.parent / temp_name(self.path.name)
         self._spool: BinaryIO | None = open(self._spool_path, "xb", buffering=0)  # noqa: SIM115
@@ -694,11 +720,12 @@ def check_payload(fd: int, envelope: Envelope, header: PackageHeader) -> None:
 
 
 def _payload_digest(fd: int, offset: int, length: int, header: PackageHeader) -> str:
-    """SHA-256 of ``length`` bytes at ``offset``, read ahead by a second thread.
+    """The suite's digest of ``length`` bytes at ``offset``, read ahead by a second thread.
 
-    The thread copies the next blocks out of the page cache into a few reused buffers while
-    this one hashes the previous one (``preadv`` and hashlib release the GIL), so the copy
-    no longer adds to the hashing: ~15 % off a 1 GiB digest pass here.
+    Called only once the suite was accepted (``_check_suite``).  The thread copies the next
+    blocks out of the page cache into a few reused buffers while this one hashes the
+    previous one (``preadv``, hashlib and blake3 release the GIL), so the copy no longer
+    adds to the hashing: ~15 % off a 1 GiB SHA-256 pass here.
     """
     size = min(_DIGEST_BLOCK, max(length, 1))
     free: queue.SimpleQueue[bytearray | None] = queue.SimpleQueue()
@@ -727,7 +754,7 @@ def _payload_digest(fd: int, offset: int, length: int, header: PackageHeader) ->
 
     reader = threading.Thread(target=read_ahead, name="payload-digest", daemon=True)
     reader.start()
-    digest = hashlib.sha256()
+    digest = PAYLOAD_HASHES[header.suite]()
     try:
         while (item := full.get()) is not None:
             if isinstance(item, BaseException):

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
+import blake3
 import pytest
 
 from protocol.errors import (
@@ -18,7 +22,15 @@ from protocol.errors import (
 )
 from protocol.header import MAX_MANIFEST_BYTES, canonical_json
 from protocol.layout import is_temp_name, parse_package_name
-from protocol.package import MAGIC, PackageWriter, open_package, read_header
+from protocol.package import (
+    DEFAULT_SUITE,
+    MAGIC,
+    SUITE_BLAKE3,
+    SUITE_V1,
+    PackageWriter,
+    open_package,
+    read_header,
+)
 from tests.vectors.helpers import (
     AGENT,
     NOW,
@@ -114,6 +126,25 @@ def test_header_carries_all_fields(tmp_path: Path) -> None:
     assert canonical_json(header.to_dict()) == header.raw
 
 
+@pytest.mark.parametrize(
+    ("suite", "algorithm"),
+    [(None, blake3.blake3), (SUITE_BLAKE3, blake3.blake3), (SUITE_V1, hashlib.sha256)],
+    ids=["default", "blake3", "v1"],
+)
+def test_suite_names_the_payload_digest(
+    tmp_path: Path, suite: str | None, algorithm: Callable[[bytes], Any]
+) -> None:
+    """Writers default to the BLAKE3 suite and still write v1 on request; readers take both."""
+    payload = incompressible(5000)
+    fields: dict[str, Any] = {} if suite is None else {"suite": suite}
+    path = write_package(tmp_path, payload, **fields)
+    header = read_header(path, trusted_senders=TRUSTED, now=NOW)
+    assert header.suite == (suite or DEFAULT_SUITE) and DEFAULT_SUITE == SUITE_BLAKE3
+    stored = path.read_bytes()[-header.payload.ciphertext_bytes :]
+    assert header.payload.digest == algorithm(stored).hexdigest()
+    assert read_all(path) == payload
+
+
 def test_counts_state_and_manifest_can_be_set_after_streaming(tmp_path: Path) -> None:
     path = tmp_path / "p.pkg"
     with PackageWriter(
@@ -207,6 +238,7 @@ def test_writer_never_overwrites(tmp_path: Path) -> None:
         ({"expires": NOW - timedelta(days=3)}, "is not after created"),
         ({"chunk_size": 16}, "chunk_size 16"),
         ({"package_id": "not-hex"}, "invalid package id"),
+        ({"suite": "sm2-sm4gcm-sm3-zstd"}, "suite 'sm2-sm4gcm-sm3-zstd' is not one of"),
     ],
 )
 def test_writer_rejects_bad_fields_before_streaming(

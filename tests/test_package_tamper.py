@@ -44,7 +44,7 @@ from protocol.errors import (
     WrongRecipientError,
 )
 from protocol.keys import PartyKeys
-from protocol.package import KEY_ID_BYTES, PREFIX, SIGNATURE_CONTEXT, open_package
+from protocol.package import KEY_ID_BYTES, PREFIX, SIGNATURE_CONTEXT, SUPPORTED_SUITES, open_package
 from tests.vectors.helpers import (
     AGENT,
     NOW,
@@ -63,17 +63,26 @@ from tests.vectors.helpers import (
 PAYLOAD = incompressible(6000)
 
 
+@pytest.fixture(scope="module", params=sorted(SUPPORTED_SUITES))
+def suite(request: pytest.FixtureRequest) -> str:
+    """The whole matrix runs once per suite: only the payload digest differs between them."""
+    name: str = request.param
+    return name
+
+
 @pytest.fixture(scope="module")
-def original(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = write_package(tmp_path_factory.mktemp("orig"), PAYLOAD)
+def original(tmp_path_factory: pytest.TempPathFactory, suite: str) -> Path:
+    path = write_package(tmp_path_factory.mktemp("orig"), PAYLOAD, suite=suite)
     assert len(chunk_spans(path)) >= 5
     return path
 
 
 @pytest.fixture(scope="module")
-def other(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Another package from the same sender to the same agent, same size and chunking."""
-    return write_package(tmp_path_factory.mktemp("other"), incompressible(6000, seed=1), sequence=2)
+def other(tmp_path_factory: pytest.TempPathFactory, suite: str) -> Path:
+    """Another package from the same sender to the same agent, same size, chunking and suite."""
+    return write_package(
+        tmp_path_factory.mktemp("other"), incompressible(6000, seed=1), sequence=2, suite=suite
+    )
 
 
 def attempt(
@@ -287,6 +296,15 @@ def test_unknown_suite(original: Path, tmp_path: Path) -> None:
     header["suite"] = "sm2-sm4gcm-sm3-zstd"
     error = rejected_before_decryption(tmp_path / "p", assemble(header, payload), UnknownSuiteError)
     assert "'sm2-sm4gcm-sm3-zstd' is not supported" in str(error)
+
+
+def test_suite_swapped_under_the_same_digest(original: Path, tmp_path: Path) -> None:
+    """Re-signed with the other suite but the digest kept: the payload is hashed as the signed
+    suite says, so the digest no longer matches and nothing is decrypted."""
+    header, payload = split(original)
+    (header["suite"],) = SUPPORTED_SUITES - {header["suite"]}
+    data = assemble(header, payload, payload_fields={"digest": header["payload"]["digest"]})
+    rejected_before_decryption(tmp_path / "p", data, PayloadDigestError)
 
 
 def test_non_canonical_header(original: Path, tmp_path: Path) -> None:

@@ -9,10 +9,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import blake3
 import pytest
 import zstandard
 from cryptography.hazmat.primitives import hashes
@@ -23,11 +25,16 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from protocol.errors import ExpiredError
 from protocol.keys import PartyKeys, PublicBundle
-from protocol.package import open_package
+from protocol.package import SUPPORTED_SUITES, open_package
 from tests.vectors import generate
 
 VECTORS = Path(generate.__file__).resolve().parent
 NAMES = sorted(generate.VECTORS)
+#: Computed here with the libraries directly, not with protocol.package's table of suites.
+PAYLOAD_DIGESTS: dict[str, Callable[[bytes], str]] = {
+    "ed25519-x25519-hkdf-sha256-aes256gcm-sha256-zstd": lambda data: hashlib.sha256(data).hexdigest(),
+    "ed25519-x25519-hkdf-sha256-aes256gcm-blake3-zstd": lambda data: blake3.blake3(data).hexdigest(),
+}
 
 
 def load(name: str) -> dict[str, Any]:
@@ -101,9 +108,9 @@ def test_vector_intermediate_values_from_first_principles(name: str) -> None:
     data_key = AESGCM(kek).decrypt(bytes(12), wrapped, package_id)
     assert data_key.hex() == spec["data_key"]
 
-    # payload: digest over the ciphertext, then chunk by chunk
+    # payload: digest over the ciphertext (the algorithm the suite names), then chunk by chunk
     payload = data[spec["payload_offset"] :]
-    assert hashlib.sha256(payload).hexdigest() == header["payload"]["digest"]
+    assert PAYLOAD_DIGESTS[header["suite"]](payload) == header["payload"]["digest"]
     assert len(payload) == header["payload"]["ciphertext_bytes"]
     compressed = b""
     for index, chunk in enumerate(spec["chunks"]):
@@ -138,3 +145,8 @@ def test_vector_is_expired_after_its_expiry() -> None:
             recipient=party(spec["recipient"]),
             now=datetime(2099, 1, 1, tzinfo=timezone.utc),
         )
+
+
+def test_every_suite_has_a_vector() -> None:
+    suites = {json.loads((VECTORS / f"{name}.header.json").read_bytes())["suite"] for name in NAMES}
+    assert suites == set(PAYLOAD_DIGESTS) == SUPPORTED_SUITES

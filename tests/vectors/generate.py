@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from protocol.keys import PartyKeys
-from protocol.package import PackageWriter
+from protocol.package import SUITE_BLAKE3, SUITE_V1, PackageWriter
 
 HERE = Path(__file__).resolve().parent
 SENDER_SIGNING = bytes.fromhex("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")
@@ -80,6 +80,7 @@ VECTORS: dict[str, dict[str, Any]] = {
     "v1-snapshot": {
         "plaintext": snapshot_plaintext,
         "fields": {
+            "suite": SUITE_V1,
             "kind": "snapshot",
             "subscription": "sub-teacher-papers",
             "sequence": 1,
@@ -132,6 +133,7 @@ VECTORS: dict[str, dict[str, Any]] = {
     "v1-bucket-resend": {
         "plaintext": bucket_resend_plaintext,
         "fields": {
+            "suite": SUITE_V1,
             "kind": "delta",
             "subscription": "sub-teacher-papers",
             "sequence": 3,
@@ -146,10 +148,31 @@ VECTORS: dict[str, dict[str, Any]] = {
     },
     "v1-empty-receipt": {
         "plaintext": lambda: b"",
-        "fields": {"kind": "receipt", "subscription": "sub-teacher-papers", "sequence": 2, "builds_on": 1},
+        "fields": {
+            "suite": SUITE_V1,
+            "kind": "receipt",
+            "subscription": "sub-teacher-papers",
+            "sequence": 2,
+            "builds_on": 1,
+        },
         "package_id": "fedcba9876543210fedcba9876543210",
         "data_key": bytes(32),
         "ephemeral": bytes(range(0xA0, 0xC0)),
+    },
+    "v1-blake3-snapshot": {
+        "plaintext": snapshot_plaintext,
+        "fields": {
+            "suite": SUITE_BLAKE3,
+            "kind": "snapshot",
+            "subscription": "sub-teacher-papers",
+            "sequence": 4,
+            "builds_on": None,
+            "counts": {"rows_upserted": 60, "rows_deleted": 1},
+            "expected_state": {"rows": 60},
+        },
+        "package_id": "0f1e2d3c4b5a69788796a5b4c3d2e1f0",
+        "data_key": bytes(range(0xC0, 0xE0)),
+        "ephemeral": bytes(range(0xE0, 0x100)),
     },
 }
 

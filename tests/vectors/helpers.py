@@ -17,6 +17,7 @@ from protocol.header import canonical_json
 from protocol.keys import PartyKeys, PublicBundle
 from protocol.layout import new_package_id, package_filename
 from protocol.package import (
+    PAYLOAD_HASHES,
     PREFIX,
     SIGNATURE_CONTEXT,
     TAG_BYTES,
@@ -132,7 +133,7 @@ def assemble(
             "chunk_size": chunk_size,
             "chunks": max(1, -(-len(payload) // (chunk_size + TAG_BYTES))),
             "ciphertext_bytes": len(payload),
-            "digest": hashlib.sha256(payload).hexdigest(),
+            "digest": _payload_digest(header["suite"], payload),
             **(payload_fields or {}),
         },
     }
@@ -141,6 +142,13 @@ def assemble(
     signer_id = bytes.fromhex(signer.public_bundle().signing_key_id)
     sig_block = signer_id + len(signature).to_bytes(2, "big") + signature
     return PREFIX + len(raw).to_bytes(4, "big") + raw + sig_block + payload
+
+
+def _payload_digest(suite: str, payload: bytes) -> str:
+    """The suite's payload digest (SHA-256 for a suite no reader knows: it is refused first)."""
+    digest = PAYLOAD_HASHES.get(suite, hashlib.sha256)()
+    digest.update(payload)
+    return digest.hexdigest()
 
 
 def split(path: Path) -> tuple[dict[str, Any], bytes]:
