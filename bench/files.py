@@ -42,7 +42,7 @@ from connectors.stores.shares.fileset import fileset_summary
 from connectors.stores.shares.manifest import ManifestEntry, build_manifest
 from connectors.stores.shares.store import ShareStore
 from protocol.keys import PartyKeys, init_keys
-from protocol.package import PackageWriter, open_package
+from protocol.package import DEFAULT_SUITE, SUPPORTED_SUITES, PackageWriter, open_package
 
 SMALL_FILE = 100 * 1024
 BLOCK = 1 << 20
@@ -69,7 +69,7 @@ def make_source(root: Path, total: int, file_size: int) -> list[ManifestEntry]:
 
 
 def write_package(
-    root: Path, entries: list[ManifestEntry], out: Path, hub: PartyKeys, agent: PartyKeys
+    root: Path, entries: list[ManifestEntry], out: Path, hub: PartyKeys, agent: PartyKeys, suite: str
 ) -> Path:
     manifest = build_manifest(entries)
     with PackageWriter(
@@ -84,6 +84,7 @@ def write_package(
         counts={"files": len(manifest.entries)},
         expected_state=fileset_summary(entries),
         manifest=manifest.to_json(),
+        suite=suite,
     ) as writer:
         for entry in manifest.entries:
             with open(root / entry.path, "rb") as fh:
@@ -117,7 +118,7 @@ def stages_child(package: str, scratch: str, keys_dir: str) -> None:
     """Time each stage of applying one package on its own, in MB/s of plaintext (or ciphertext).
 
     Same process shape as ``apply_child``: read+digest is ``open_package`` (signature and the
-    SHA-256 pass over the ciphertext); decrypt is AES-GCM over every chunk (no decompression);
+    suite's digest pass over the ciphertext); decrypt is AES-GCM over every chunk (no decompression);
     decrypt+decompress is the whole plaintext stream; sha256, write (into the page cache) and
     fsync run over the same number of bytes from one reused buffer; write_dropped_fsync writes
     them as the store does (writeback started every ``WRITEBACK_STEP``, dropped from the page
@@ -239,12 +240,13 @@ def bench_case(
     hub: PartyKeys,
     agent: PartyKeys,
     repeat: int,
+    suite: str,
 ) -> dict[str, Any]:
     case = work / name
     src = case / "src"
     src.mkdir(parents=True)
     entries = make_source(src, total, file_size)
-    package = write_package(src, entries, case / "package.edupkg", hub, agent)
+    package = write_package(src, entries, case / "package.edupkg", hub, agent, suite)
     subprocess.run(["sync"], check=True)
     size_mb = sum(e.size for e in entries) / 1e6
     read_only, _, _ = run_ours(package, "-", keys_dir)  # also brings both sides into the page cache
@@ -333,6 +335,12 @@ def main() -> None:
         help="run one case only, for quick iterations (the JSON line is then that case's result)",
     )
     parser.add_argument(
+        "--suite",
+        choices=sorted(SUPPORTED_SUITES),
+        default=DEFAULT_SUITE,
+        help="the packages' crypto suite (default: the writers'; the suites differ in the payload digest)",
+    )
+    parser.add_argument(
         "--apply-child", nargs=3, metavar=("PACKAGE", "SHARE", "KEYS"), help=argparse.SUPPRESS
     )
     parser.add_argument("--stages-child", nargs=3, help=argparse.SUPPRESS)
@@ -359,18 +367,28 @@ def main() -> None:
         (keys_dir / "hub.json").write_text(hub.public_bundle().to_json())
         if args.case != "both":
             size = total if args.case == "one_file" else min(SMALL_FILE, total)
-            result = bench_case(args.case, work, total, size, keys_dir, hub, agent, args.repeat)
-            print(json.dumps({"bench": f"shares.files.{args.case}", "total_mib": args.total_mib, **result}))
+            result = bench_case(args.case, work, total, size, keys_dir, hub, agent, args.repeat, args.suite)
+            print(
+                json.dumps(
+                    {
+                        "bench": f"shares.files.{args.case}",
+                        "total_mib": args.total_mib,
+                        "suite": args.suite,
+                        **result,
+                    }
+                )
+            )
             return
         small = bench_case(
-            "small_files", work, total, min(SMALL_FILE, total), keys_dir, hub, agent, args.repeat
+            "small_files", work, total, min(SMALL_FILE, total), keys_dir, hub, agent, args.repeat, args.suite
         )
-        big = bench_case("one_file", work, total, total, keys_dir, hub, agent, args.repeat)
+        big = bench_case("one_file", work, total, total, keys_dir, hub, agent, args.repeat, args.suite)
     print(
         json.dumps(
             {
                 "bench": "shares.files",
                 "total_mib": args.total_mib,
+                "suite": args.suite,
                 "small_files": small["files"],
                 "small_mb_s": small["mb_s"],
                 "small_baseline_mb_s": small["baseline_mb_s"],
