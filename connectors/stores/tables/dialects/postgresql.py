@@ -93,11 +93,13 @@ class PostgreSQLDialect(SqlDialect):
                 text = f"CASE WHEN {value} THEN 'true' ELSE 'false' END"
             elif family in (Family.FLOAT, Family.TIMESTAMPTZ):
                 return None
+            elif family is Family.TEXT:  # only text can hold a quote
+                text = f"replace({value}::text, '\"', '\"\"')"  # char(n): without its padding
             else:
-                text = f"{value}::text"  # char(n) loses its blank padding, as canonical text does
-            fields.append(
-                f"CASE WHEN {value} IS NULL THEN '' ELSE '\"' || replace({text}, '\"', '\"\"') || '\"' END"
-            )
+                text = f"{value}::text"
+            quoted = f"'\"' || {text} || '\"'"
+            # (NOT NULL columns too: a table altered behind the agent's back must still hash)
+            fields.append(f"CASE WHEN {value} IS NULL THEN '' ELSE {quoted} END")
         return " || ',' || ".join(fields)
 
     def canonical_rows(self, conn: Connection, select: str) -> Iterator[list[str]]:
