@@ -14,6 +14,7 @@ from agent.logsetup import configure_logging
 from hub.catalog import CatalogError
 from hub.registry import Registry, RegistryError
 from hub.sftp import SftpAccount, SftpConfigError, render_sshd_config
+from protocol.package import SUITE_V1, SUPPORTED_SUITES
 
 
 class HubError(RuntimeError):
@@ -63,6 +64,14 @@ def cmd_agent_list(args: argparse.Namespace) -> int:
     for a in agents:
         ssh = "ssh key" if a.ssh_key else "no ssh key"
         print(f"{a.id}\t{a.added}\t{a.bundle.get('signing_key_id', '')[:16]}\t{ssh}")
+    return OK
+
+
+def cmd_agent_suite(args: argparse.Namespace) -> int:
+    registry = Registry(args.dir)
+    if args.suite is not None:
+        registry.set_agent_suite(args.id, args.suite)
+    print(f"{args.id}\t{registry.agent_suite(args.id)}")
     return OK
 
 
@@ -177,6 +186,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", type=Path)
     p.add_argument("--id", required=True)
     p.set_defaults(func=cmd_agent_remove)
+    p = agent.add_parser("suite", help="show or set the crypto suite of packages for an agent")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--id", required=True)
+    p.add_argument(
+        "--suite",
+        choices=sorted(SUPPORTED_SUITES),
+        help=f"{SUITE_V1} for an agent older than the default suite; the default removes the pin",
+    )
+    p.set_defaults(func=cmd_agent_suite)
 
     subs = sub.add_parser("subscription", help="catalog entries and subscribers").add_subparsers(
         dest="subscription_command", required=True

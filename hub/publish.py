@@ -187,6 +187,7 @@ class Publisher:
             builds_on=sequence - 1 if sequence > 1 else None,
             package_id=package_id,
             counts={"subscriptions": len(self.subscription_list(agent_id))},
+            suite=self.registry.agent_suite(agent_id),
         ) as writer:
             writer.write(payload)
         return path
@@ -496,6 +497,7 @@ class Publisher:
             expected_state=expected_state,
             manifest=manifest,
             replace_buckets=replace_buckets,
+            suite=self.registry.agent_suite(agent),
         ) as writer:
             body(writer)
         digest = None

@@ -24,14 +24,22 @@ from typing import Any
 from hub.catalog import CatalogError, Subscription, parse_subscription
 from hub.sftp import check_agent_id, system_user
 from hub.state import immediate_transaction
+from protocol.package import DEFAULT_SUITE, SUPPORTED_SUITES
 
-SCHEMA = """
+#: Suites other than the default, per agent (added after the first hubs: created on open too).
+AGENT_SUITES = """
+CREATE TABLE IF NOT EXISTS agent_suites (
+    agent TEXT PRIMARY KEY,
+    suite TEXT NOT NULL
+)"""
+SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS agents (
     id TEXT PRIMARY KEY,
     bundle TEXT NOT NULL,
     ssh_key TEXT,
     added TEXT NOT NULL
 );
+{AGENT_SUITES};
 CREATE TABLE IF NOT EXISTS subscriptions (
     id TEXT PRIMARY KEY,
     source_file TEXT NOT NULL,
@@ -71,6 +79,7 @@ class Registry:
         self.db = sqlite3.connect(db, isolation_level=None)
         self.db.execute("PRAGMA foreign_keys=ON")
         self.db.execute("PRAGMA busy_timeout=10000")
+        self.db.execute(AGENT_SUITES)
 
     @classmethod
     def create(cls, root: Path) -> Registry:
@@ -142,8 +151,25 @@ class Registry:
                 f"agent {agent_id!r} still subscribes to {', '.join(using)}: revoke and update those first"
             )
         self.db.execute("DELETE FROM agents WHERE id = ?", (agent_id,))
+        self.db.execute("DELETE FROM agent_suites WHERE agent = ?", (agent_id,))
         # Removing an agent ends its SFTP access; its exchange directory stays for the record.
         (self.authorized_keys_dir / system_user(agent_id)).unlink(missing_ok=True)
+
+    def agent_suite(self, agent_id: str) -> str:
+        """The crypto suite of packages for this agent: the writers' default unless set."""
+        row = self.db.execute("SELECT suite FROM agent_suites WHERE agent = ?", (agent_id,)).fetchone()
+        return DEFAULT_SUITE if row is None else str(row[0])
+
+    def set_agent_suite(self, agent_id: str, suite: str) -> None:
+        """Pin an agent to a suite (SUITE_V1 for an agent that predates the default); the
+        default suite removes the pin, so the agent follows the default from then on."""
+        self.agent(agent_id)
+        if suite not in SUPPORTED_SUITES:
+            raise RegistryError(f"suite {suite!r} is not one of {', '.join(sorted(SUPPORTED_SUITES))}")
+        with self.transaction() as db:
+            db.execute("DELETE FROM agent_suites WHERE agent = ?", (agent_id,))
+            if suite != DEFAULT_SUITE:
+                db.execute("INSERT INTO agent_suites (agent, suite) VALUES (?, ?)", (agent_id, suite))
 
     # ------------------------------------------------------------------ subscriptions
     def put_subscription(self, document: str, source_file: str) -> tuple[Subscription, bool]:

@@ -241,3 +241,40 @@ def test_agent_add_with_ssh_key(tmp_path: Path) -> None:
     assert installed.read_text() == (tmp_path / "id.pub").read_text().strip() + "\n"  # key untouched
     assert hub_main(["agent", "remove", str(hub.root), "--id", "school-9"]) == 0
     assert not installed.exists()  # a removed agent can no longer log in
+
+
+def test_an_agent_pinned_to_the_v1_suite_gets_v1_packages(tmp_path: Path, capsys: Any) -> None:
+    """Packages for an agent that predates the BLAKE3 suite keep SUITE_V1; the others get the default."""
+    import sqlite3
+
+    from hub.registry import Registry, RegistryError
+    from protocol.layout import sorted_packages
+    from protocol.package import DEFAULT_SUITE, SUITE_V1, read_header
+
+    hub = HubFixture(tmp_path, ["school-1", "school-2"])
+    db = sqlite3.connect(hub.root / "hub.db", isolation_level=None)  # a hub from before per-agent suites
+    db.execute("DROP TABLE agent_suites")
+    db.close()
+    capsys.readouterr()
+    assert hub_main(["agent", "suite", str(hub.root), "--id", "school-1", "--suite", SUITE_V1]) == 0
+    assert hub_main(["agent", "suite", str(hub.root), "--id", "school-2"]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"school-1\t{SUITE_V1}", f"school-2\t{DEFAULT_SUITE}"]
+    assert hub_main(["agent", "suite", str(hub.root), "--id", "ghost", "--suite", SUITE_V1]) == 1
+
+    def suites(agent: str) -> list[str]:
+        control = hub.root / "exchange" / agent / "control"
+        names, _ = sorted_packages(p.name for p in control.iterdir())
+        trusted = {"platform": hub.platform.public_bundle()}
+        return [read_header(control / n.filename, trusted_senders=trusted).suite for n in names]
+
+    agents = ("school-1", "school-2")
+    hub.add_subscription(subscription_text("sqlite:///x.db", agents=agents))
+    assert (suites("school-1"), suites("school-2")) == ([SUITE_V1], [DEFAULT_SUITE])
+    assert hub_main(["agent", "suite", str(hub.root), "--id", "school-1", "--suite", DEFAULT_SUITE]) == 0
+    hub.add_subscription(subscription_text("sqlite:///x.db", sub_id="staff2", agents=agents))
+    assert suites("school-1") == [SUITE_V1, DEFAULT_SUITE]
+    registry = Registry(hub.root)
+    with pytest.raises(RegistryError, match="is not one of"):
+        registry.set_agent_suite("school-1", "sm2-sm4gcm-sm3-zstd")
+    assert registry.db.execute("SELECT count(*) FROM agent_suites").fetchone() == (0,)
+    registry.close()
