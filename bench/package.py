@@ -3,7 +3,7 @@
 Writes and reads a package of ``--size-mib`` MiB of CSV-like table rows (default 1 GiB)
 and, in lockstep with it (alternating every MiB, so load on a shared machine hits both
 sides alike), the same primitives the format uses — zstd (same level), AES-256-GCM (same
-chunk size), SHA-256 over the ciphertext — called bare on the same bytes.  The ratio
+chunk size), the suite's digest over the ciphertext — called bare on the same bytes.  The ratio
 format/primitives is the format's own overhead (framing, buffering, spool and copy,
 fsync and rename, size checks, the file reads of the digest pass).  Wall and CPU time
 are both reported; the last line is one JSON object.
@@ -14,7 +14,6 @@ are both reported; the last line is one JSON object.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import resource
@@ -37,6 +36,8 @@ from protocol.keys import PartyKeys
 from protocol.package import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_LEVEL,
+    DEFAULT_SUITE,
+    PAYLOAD_HASHES,
     TAG_BYTES,
     PackageWriter,
     chunk_ad,
@@ -125,14 +126,14 @@ class Clock:
 
 
 class BareWriter:
-    """zstd -> AES-GCM per chunk -> SHA-256 of the ciphertext, fed piece by piece, each timed."""
+    """zstd -> AES-GCM per chunk -> the default suite's digest of the ciphertext, piece by piece, timed."""
 
     def __init__(self, chunk_size: int, level: int) -> None:
         self.clock = Clock()
         self.compressed = 0
         self._chunker = zstandard.ZstdCompressor(level=level).chunker(chunk_size=chunk_size)
         self._aead = AESGCM(os.urandom(32))
-        self._digest = hashlib.sha256()
+        self._digest = PAYLOAD_HASHES[DEFAULT_SUITE]()
         self._out = bytearray(chunk_size + TAG_BYTES)
         self._index = 0
 
@@ -141,7 +142,7 @@ class BareWriter:
         with self.clock.measure("aes-256-gcm"):
             nonce, ad = chunk_nonce(self._index, final), chunk_ad("00" * 16, self._index)
             self._aead.encrypt_into(nonce, compressed, ad, target)
-        with self.clock.measure("sha256"):
+        with self.clock.measure("digest"):
             self._digest.update(target)
         self._index += 1
         self.compressed += len(compressed)
@@ -160,7 +161,7 @@ class BareWriter:
 
 
 class BareReader:
-    """SHA-256 of the ciphertext, then AES-GCM open + zstd per chunk; file reads untimed."""
+    """The suite's digest of the ciphertext, then AES-GCM open + zstd per chunk; file reads untimed."""
 
     def __init__(self, path: Path, header: PackageHeader, data_key: bytes) -> None:
         self.clock = Clock()
@@ -178,10 +179,10 @@ class BareReader:
         return self._index >= self._header.payload.chunks
 
     def hash_all(self) -> None:
-        digest = hashlib.sha256()
+        digest = PAYLOAD_HASHES[self._header.suite]()
         self._handle.seek(self._offset)
         while block := self._handle.read(4 * MIB):
-            with self.clock.measure("sha256"):
+            with self.clock.measure("digest"):
                 digest.update(block)
         self._handle.seek(self._offset)
 
