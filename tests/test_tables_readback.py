@@ -111,3 +111,38 @@ def test_the_driver_path_still_applies_and_verifies(pg_url: str, driver_path: No
         assert store.verify(source.subscription).match
     finally:
         store.close()
+
+
+@pytest.mark.parametrize(
+    "key_types",
+    [("INTEGER", "DATE"), ("CHAR(3)",), ("NUMBER(12,2)", "TIMESTAMP(3)", "VARCHAR2(5)"), ("BINARY_DOUBLE",)],
+)
+def test_deltas_find_their_old_rows_by_keys_of_every_type(pg_url: str, key_types: tuple[str, ...]) -> None:
+    """The old rows are looked up by key values sent as text and cast to each key's type."""
+    values = {
+        "INTEGER": lambda i: str(i - 20),
+        "DATE": lambda i: f"2024-01-{1 + i % 28:02d} 00:00:00",  # Oracle DATE: a date and a time
+        "CHAR(3)": lambda i: f"C{i:02d}",
+        "NUMBER(12,2)": lambda i: f"{i}.50",
+        "TIMESTAMP(3)": lambda i: f"2024-01-01 00:00:{i % 60:02d}.25",
+        "VARCHAR2(5)": lambda i: f'k"{i}',
+        "BINARY_DOUBLE": lambda i: f"{i}.5",
+    }
+    schema = [{"name": f"K{n}", "type": t, "primary_key": True} for n, t in enumerate(key_types)]
+    schema.append({"name": "V", "type": "NVARCHAR2(10)"})
+
+    def make(i: int, version: int) -> list[str | None]:
+        return [values[t](i) for t in key_types] + [f"值{i}-{version}"]
+
+    store, source = TableStore(pg_url), Source(schema, subscription="sub-keys")
+    try:
+        header, payload = source.snapshot([make(i, 0) for i in range(40)])
+        assert store.apply(header, stream(payload), "keyed").match
+        deletes = [tuple(make(i, 0)[: len(key_types)]) for i in range(1, 40, 6)]
+        header, payload = source.delta([make(i, 1) for i in range(0, 50, 2)], deletes=deletes)
+        result = store.apply(header, stream(payload), "keyed")
+        assert result.applied and result.match, result
+        assert result.rows_deleted == len(deletes)
+        assert table_contents(pg_url, "keyed", schema) == source.canonical_set()
+    finally:
+        store.close()

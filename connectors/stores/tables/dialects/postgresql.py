@@ -11,6 +11,7 @@ replaced with one join, then run one ``INSERT ... ON CONFLICT DO UPDATE`` and on
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -168,6 +169,8 @@ class _Delta(DeltaApplier):
     ) -> None:
         self.dialect, self.conn, self.table, self.columns = dialect, conn, table, columns
         self.keys = [c for c in columns if c.primary_key]
+        self.key_positions = [i for i, c in enumerate(columns) if c.primary_key]
+        self.key_values: list[list[str | None]] = [[] for _ in self.keys]
         q = dialect.quote
         staged = sa.Table(
             _DELTA_TABLE,
@@ -185,43 +188,63 @@ class _Delta(DeltaApplier):
 
     def stage(self, batch: Batch) -> Iterable[Sequence[Any]]:
         self.loader.load(batch)
+        rows = batch.value_rows()
+        for values, position in zip(self.key_values, self.key_positions, strict=True):
+            values.extend([row[position] for row in rows])
         return ()
 
     def abort(self, exc: BaseException) -> None:
         self.loader.abort(exc)
 
     def finish(self) -> StoredRows:
-        """Stream the rows about to change (as canonical text where the server can render
-        it, else through a server-side cursor), then change them."""
+        """Stream the rows about to change — read on a second connection while this one
+        changes them — as canonical text where the server can render it."""
         self.loader.close()
-        d, q, conn = self.dialect, self.dialect.quote, self.conn
-        live, staged = q(self.table), q(_DELTA_TABLE)
-        # Look each staged key up in the primary key index, for the read-back and the DELETE:
-        # a hash or merge join reads the whole table, a cost that grows with the table rather
-        # than with the change (the planner picks it even for 2% of a 2M-row table). With the
-        # joins pinned, statistics of the staged rows would steer nothing: no ANALYZE.
-        conn.exec_driver_sql("SET LOCAL enable_hashjoin = off", ())
-        conn.exec_driver_sql("SET LOCAL enable_mergejoin = off", ())
-        join = f"FROM {live} t JOIN {staged} s ON {d.key_match(self.keys, 't', 's')}"
-        text = d.canonical_select(self.columns, "t.")
+        # Look each key up in the primary key index, for the read-back and the DELETE: a hash
+        # or merge join reads the whole table, a cost that grows with the table rather than
+        # with the change (the planner picks it even for 2% of a 2M-row table). With the joins
+        # pinned, statistics of the staged rows would steer nothing: no ANALYZE.
+        _pin_key_lookups(self.conn)
+        text = self.dialect.canonical_select(self.columns, "t.")
         if text is not None:
-            return CanonicalText(self._then_apply(d.canonical_rows(conn, f"SELECT {text} {join}")))
-        return self._then_apply(self._replaced_rows(f"SELECT {d.column_list(self.columns, 't.')} {join}"))
+            return CanonicalText(self._old_rows_while_applying(text, pick_first=True))
+        plain = self.dialect.column_list(self.columns, "t.")
+        return (row for rows in self._old_rows_while_applying(plain, pick_first=False) for row in rows)
 
-    def _replaced_rows(self, select: str) -> Iterator[Sequence[Any]]:
-        # the driver's own server-side cursor: plain tuples a batch at a time (SQLAlchemy's
-        # streamed Result costs ~10 µs a row here, more than hashing the row)
-        cursor = self.conn.connection.driver_connection.cursor(name="edu_sync_replaced")  # type: ignore[union-attr]
+    def _old_rows_while_applying(self, select: str, *, pick_first: bool) -> Iterator[list[Any]]:
+        """The rows of the delta's keys as they were, in lists, read on a second connection
+        (its snapshot holds the committed rows, which this transaction has not changed yet)
+        while this connection runs the INSERT and the DELETE in a helper thread: the server
+        reads the old rows on one core while it writes the new ones on another."""
+        d, q = self.dialect, self.dialect.quote
+        names = ", ".join(f"k{i}" for i in range(len(self.keys)))
+        arrays = ", ".join("%s::text[]" for _ in self.keys)
+        match = " AND ".join(
+            f"t.{q(c.name)} = k.k{i}"  # varchar/text: no cast, the index is used as is
+            if c.type.family is Family.TEXT and not c.type.fixed
+            else f"t.{q(c.name)} = k.k{i}::{d.column_type(c.type).compile(dialect=d.sa_dialect)}"
+            for i, c in enumerate(self.keys)
+        )
+        query = f"SELECT {select} FROM {q(self.table)} t JOIN unnest({arrays}) AS k({names}) ON {match}"
+        worker = _Apply(self)
+        reader = self.conn.engine.connect()
         try:
-            cursor.execute(select, ())
-            while rows := cursor.fetchmany(_FETCH_ROWS):
-                yield from rows
+            with reader.begin():
+                _pin_key_lookups(reader)
+                cursor = reader.connection.driver_connection.cursor(name="edu_sync_replaced")  # type: ignore[union-attr]
+                try:
+                    cursor.execute(query, self.key_values)  # the reader's snapshot is taken here
+                    worker.start()
+                    while rows := cursor.fetchmany(_FETCH_ROWS):
+                        yield [row[0] for row in rows] if pick_first else rows
+                finally:
+                    cursor.close()
         finally:
-            cursor.close()
+            worker.wait()
+            reader.close()
 
-    def _then_apply(self, old: Iterator[Any]) -> Iterator[Any]:
-        """Yield the old rows, then change the table (the caller reads them to the end)."""
-        yield from old
+    def apply(self) -> None:
+        """The change itself: one INSERT ... ON CONFLICT and one DELETE ... USING."""
         d, q, conn = self.dialect, self.dialect.quote, self.conn
         live, staged = q(self.table), q(_DELTA_TABLE)
         match = d.key_match(self.keys, "t", "s")
@@ -238,3 +261,30 @@ class _Delta(DeltaApplier):
             f"DELETE FROM {live} t USING {staged} s WHERE s.{q(_OP_COLUMN)} = 'D' AND {match}", ()
         )
         self.deleted = result.rowcount
+
+
+def _pin_key_lookups(conn: Connection) -> None:
+    conn.exec_driver_sql("SET LOCAL enable_hashjoin = off", ())
+    conn.exec_driver_sql("SET LOCAL enable_mergejoin = off", ())
+
+
+class _Apply(threading.Thread):
+    """Runs a delta's INSERT and DELETE while the caller reads the old rows elsewhere; the
+    reader always calls :meth:`wait`, which re-raises the thread's error."""
+
+    def __init__(self, delta: _Delta) -> None:
+        super().__init__(name="delta-apply", daemon=True)
+        self.delta = delta
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.delta.apply()
+        except BaseException as exc:  # re-raised in the caller's thread by wait()
+            self.error = exc
+
+    def wait(self) -> None:
+        if self.ident is not None:
+            self.join()
+        if self.error is not None:
+            raise self.error
