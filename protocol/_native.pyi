@@ -13,7 +13,7 @@ def lthash_update(
     /,
 ) -> None: ...
 def check_rows(
-    records: Sequence[str | bytes],
+    records: Sequence[str],
     plan: tuple[tuple[int, ...], tuple[tuple[int, ...], ...]],
     lanes: Any,
     counts: Any,

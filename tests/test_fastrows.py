@@ -287,6 +287,9 @@ def test_native_calls_refuse_bad_arguments() -> None:
     with pytest.raises(ValueError, match="unknown column kind"):
         _native.check_rows([], ((0,), ((99, 0, 0, 0, 0, 0, 0, 0, 0, 0),)), digest.lanes, digest.counts,
                            item_key, bucket_key, 0)  # fmt: skip
+    with pytest.raises(TypeError, match="records must be str"):  # bytes could hold invalid UTF-8
+        _native.check_rows([b'U,"a"'], ((0,), ((1, 0, 0, 0, 0, 0, 0, 0, 0, 0),)), digest.lanes,
+                           digest.counts, item_key, bucket_key, 0)  # fmt: skip
     with pytest.raises(ValueError, match="mode must be"):
         _native.check_rows([], ((0,), ((1, 0, 0, 0, 0, 0, 0, 0, 0, 0),)), digest.lanes, digest.counts,
                            item_key, bucket_key, 3)  # fmt: skip

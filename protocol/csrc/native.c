@@ -611,6 +611,12 @@ check_rows(PyObject *module, PyObject *args)
         PyErr_NoMemory();
         goto done;
     }
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (!PyUnicode_Check(PyTuple_GET_ITEM(records, i))) {
+            /* str only: its UTF-8 is valid by construction, which the checks rely on */
+            PyErr_SetString(PyExc_TypeError, "records must be str");
+            goto done;
+        }
     int ok = spans_of(records, texts);
     if (ok < 0)
         goto done;
