@@ -146,3 +146,35 @@ def test_deltas_find_their_old_rows_by_keys_of_every_type(pg_url: str, key_types
         assert table_contents(pg_url, "keyed", schema) == source.canonical_set()
     finally:
         store.close()
+
+
+def test_a_failing_change_on_the_applying_connection_rolls_everything_back(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The INSERT/DELETE run in a helper thread while the old rows are read elsewhere: its
+    error reaches the caller, nothing of the delta stays, no thread or connection is left."""
+    import threading
+
+    from connectors.stores.tables.dialects import postgresql
+
+    store, source = TableStore(pg_url), Source(SCHEMA, subscription="sub-fail")
+    try:
+        header, payload = source.snapshot([row(i) for i in range(200)])
+        assert store.apply(header, stream(payload), TABLE).match
+        before = table_contents(pg_url, TABLE, SCHEMA)
+        applied = postgresql._Delta.apply
+
+        def apply_then_fail(self: postgresql._Delta) -> None:
+            applied(self)  # the rows are changed in the transaction...
+            raise RuntimeError("the server went away")  # ...which must then be rolled back
+
+        monkeypatch.setattr(postgresql._Delta, "apply", apply_then_fail)
+        header, payload = source.delta([row(i, variant=1) for i in range(0, 200, 2)], deletes=[("K00001",)])
+        with pytest.raises(RuntimeError, match="went away"):
+            store.apply(header, stream(payload), TABLE)
+        assert table_contents(pg_url, TABLE, SCHEMA) == before
+        assert store.position(source.subscription).sequence == 1  # type: ignore[union-attr]
+        assert not [t for t in threading.enumerate() if t.name == "delta-apply"]
+        assert store.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    finally:
+        store.close()
