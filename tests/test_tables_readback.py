@@ -178,3 +178,29 @@ def test_a_failing_change_on_the_applying_connection_rolls_everything_back(
         assert store.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
     finally:
         store.close()
+
+
+def test_a_failing_read_of_the_old_rows_rolls_everything_back(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from connectors.stores.tables.dialects import postgresql
+
+    store, source = TableStore(pg_url), Source(SCHEMA, subscription="sub-fail-read")
+    try:
+        header, payload = source.snapshot([row(i) for i in range(200)])
+        assert store.apply(header, stream(payload), TABLE).match
+        before = table_contents(pg_url, TABLE, SCHEMA)
+        monkeypatch.setattr(
+            postgresql.PostgreSQLDialect, "canonical_select", lambda self, columns, alias: "1 / 0"
+        )
+        header, payload = source.delta([row(i, variant=1) for i in range(0, 200, 2)])
+        with pytest.raises(Exception, match="division by zero"):  # the driver's own error
+            store.apply(header, stream(payload), TABLE)
+        assert table_contents(pg_url, TABLE, SCHEMA) == before
+        assert store.position(source.subscription).sequence == 1  # type: ignore[union-attr]
+        assert not [t for t in threading.enumerate() if t.name == "delta-apply"]
+        assert store.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    finally:
+        store.close()

@@ -240,8 +240,10 @@ class _Delta(DeltaApplier):
                 finally:
                     cursor.close()
         finally:
-            worker.wait()
-            reader.close()
+            try:
+                worker.wait()  # raises the INSERT's or DELETE's error, if any
+            finally:
+                reader.close()
 
     def apply(self) -> None:
         """The change itself: one INSERT ... ON CONFLICT and one DELETE ... USING."""
