@@ -190,21 +190,24 @@ class KeyRegister:
 
 # ---------------------------------------------------------------- worker side
 
+TaskResult = tuple[LtHash, list[bytes]]
+"""A task's partial digest (pickled back from a worker process, as is from a thread) and keys."""
+
 _checkers = threading.local()
 """Per thread (validators remember valid values, so threads must not share them)."""
 
 
 def _check_task(
     schema_key: str, schema: list[dict[str, Any]], kind: str, batches: list[RawBatch]
-) -> tuple[bytes, list[bytes]]:
-    """Worker entry point: a task's partial digest (serialised) and delta keys, or the rejection."""
+) -> TaskResult:
+    """Worker entry point: a task's partial digest and delta keys, or the rejection."""
     if getattr(_checkers, "key", None) != (schema_key, kind):
         # one schema at a time is the common case; keep memory flat
         _checkers.key, _checkers.checker = (schema_key, kind), RowChecker(columns_from_schema(schema), kind)
     checker: RowChecker = _checkers.checker
     digest = LtHash()
     keys = checker.check_and_hash(batches, digest)
-    return digest.to_bytes(), keys
+    return digest, keys
 
 
 def hash_stored_rows(columns: Sequence[ColumnSpec], rows: Sequence[Sequence[Any]], digest: LtHash) -> None:
@@ -222,11 +225,11 @@ def hash_stored_rows(columns: Sequence[ColumnSpec], rows: Sequence[Sequence[Any]
 
 def _hash_rows_task(
     schema_key: str, schema: list[dict[str, Any]], kind: str, rows: list[Sequence[Any]]
-) -> tuple[bytes, list[bytes]]:
+) -> TaskResult:
     """Worker entry point: the partial digest of rows read back from the database."""
     digest = LtHash()
     hash_stored_rows(columns_from_schema(schema), rows, digest)
-    return digest.to_bytes(), []
+    return digest, []
 
 
 def hash_stored_text(
@@ -252,14 +255,14 @@ def hash_stored_text(
 
 def _hash_text_task(
     schema_key: str, schema: list[dict[str, Any]], kind: str, batches: list[RawBatch]
-) -> tuple[bytes, list[bytes]]:
+) -> TaskResult:
     """Thread entry point: the partial digest of rows read back as canonical text."""
     columns = columns_from_schema(schema)
     fast = FastRows.for_columns(columns)
     digest = LtHash()
     for batch in batches:
         hash_stored_text(columns, fast, batch, digest)
-    return digest.to_bytes(), []
+    return digest, []
 
 
 # ---------------------------------------------------------------- the pool
@@ -269,8 +272,6 @@ _threads: ThreadPoolExecutor | None = None
 _pool_off: str | None = None
 """Why worker processes are not used in this process any more (None while they are)."""
 _pool_lock = threading.Lock()
-
-TaskResult = tuple[bytes, list[bytes]]
 
 
 def worker_count() -> int:
@@ -457,12 +458,11 @@ class _Tasks:
     def _collect(self) -> None:
         future, task = self._inflight.popleft()
         try:
-            data, keys = future.result()
+            partial, keys = future.result()
         except (BrokenProcessPool, OSError) as exc:
             _turn_pool_off(exc)
             self._run_here(task)
             return
-        partial = LtHash.from_bytes(data)
         self.digest.lanes += partial.lanes
         self.digest.counts += partial.counts
         self._collected(keys)
