@@ -1,9 +1,9 @@
 """PostgreSQL (and Kingbase, which speaks its protocol): COPY fast paths, transactional DDL.
 
 Snapshots COPY the payload's canonical CSV straight into the staging table (the payload
-*is* COPY's CSV). Deltas COPY into a temporary staging table, read the rows about to be
-replaced with one join, then run one ``INSERT ... ON CONFLICT DO UPDATE`` and one
-``DELETE ... USING``.
+*is* COPY's CSV). Deltas COPY into a temporary staging table, then run one ``INSERT ... ON
+CONFLICT DO UPDATE`` and one ``DELETE ... USING`` while a second connection reads the rows
+about to be replaced, by key.
 """
 
 # ruff: noqa: S608 - SQL text holds only identifiers quoted by the dialect's preparer; values are bound
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -103,22 +103,12 @@ class PostgreSQLDialect(SqlDialect):
             fields.append(f"CASE WHEN {value} IS NULL THEN '' ELSE {quoted} END")
         return " || ',' || ".join(fields)
 
-    def canonical_rows(self, conn: Connection, select: str) -> Iterator[list[str]]:
-        """The single text column of ``select`` (from :meth:`canonical_select`), in lists of
-        rows, through the driver's server-side cursor."""
-        cursor = conn.connection.driver_connection.cursor(name="edu_sync_canonical")  # type: ignore[union-attr]
-        try:
-            cursor.execute(select, ())
-            while rows := cursor.fetchmany(_FETCH_ROWS):
-                yield [r[0] for r in rows]
-        finally:
-            cursor.close()
-
     def stored_rows(self, conn: Connection, table: str, columns: Sequence[ColumnSpec]) -> StoredRows:
         select = self.canonical_select(columns, "")
         if select is None:
-            return self.select_all(conn, table, columns)
-        return CanonicalText(self.canonical_rows(conn, f"SELECT {select} FROM {self.quote(table)}"))
+            return super().stored_rows(conn, table, columns)
+        query = f"SELECT {select} FROM {self.quote(table)}"
+        return CanonicalText(_fetch(conn, query, (), first_column=True))
 
     def snapshot_loader(self, conn: Connection, table: str, columns: Sequence[ColumnSpec]) -> SnapshotLoader:
         return _CopyLoader(
@@ -207,11 +197,11 @@ class _Delta(DeltaApplier):
         _pin_key_lookups(self.conn)
         text = self.dialect.canonical_select(self.columns, "t.")
         if text is not None:
-            return CanonicalText(self._old_rows_while_applying(text, pick_first=True))
+            return CanonicalText(self._old_rows_while_applying(text, first_column=True))
         plain = self.dialect.column_list(self.columns, "t.")
-        return (row for rows in self._old_rows_while_applying(plain, pick_first=False) for row in rows)
+        return (row for rows in self._old_rows_while_applying(plain, first_column=False) for row in rows)
 
-    def _old_rows_while_applying(self, select: str, *, pick_first: bool) -> Iterator[list[Any]]:
+    def _old_rows_while_applying(self, select: str, *, first_column: bool) -> Iterator[list[Any]]:
         """The rows of the delta's keys as they were, in lists, read on a second connection
         (its snapshot holds the committed rows, which this transaction has not changed yet)
         while this connection runs the INSERT and the DELETE in a helper thread: the server
@@ -231,14 +221,9 @@ class _Delta(DeltaApplier):
         try:
             with reader.begin():
                 _pin_key_lookups(reader)
-                cursor = reader.connection.driver_connection.cursor(name="edu_sync_replaced")  # type: ignore[union-attr]
-                try:
-                    cursor.execute(query, self.key_values)  # the reader's snapshot is taken here
-                    worker.start()
-                    while rows := cursor.fetchmany(_FETCH_ROWS):
-                        yield [row[0] for row in rows] if pick_first else rows
-                finally:
-                    cursor.close()
+                # the reader's snapshot is taken when the query starts, before the change
+                old = _fetch(reader, query, self.key_values, first_column=first_column, started=worker.start)
+                yield from old
         finally:
             try:
                 worker.wait()  # raises the INSERT's or DELETE's error, if any
@@ -263,6 +248,28 @@ class _Delta(DeltaApplier):
             f"DELETE FROM {live} t USING {staged} s WHERE s.{q(_OP_COLUMN)} = 'D' AND {match}", ()
         )
         self.deleted = result.rowcount
+
+
+def _fetch(
+    conn: Connection,
+    query: str,
+    params: Sequence[Any],
+    *,
+    first_column: bool,
+    started: Callable[[], None] | None = None,
+) -> Iterator[list[Any]]:
+    """The rows of ``query`` in lists, through the driver's own server-side cursor (plain
+    tuples a batch at a time; SQLAlchemy's streamed Result costs more than hashing a row);
+    with ``first_column``, each row's first value. ``started`` runs once the query has."""
+    cursor = conn.connection.driver_connection.cursor(name="edu_sync_rows")  # type: ignore[union-attr]
+    try:
+        cursor.execute(query, params)
+        if started is not None:
+            started()
+        while rows := cursor.fetchmany(_FETCH_ROWS):
+            yield [row[0] for row in rows] if first_column else rows
+    finally:
+        cursor.close()
 
 
 def _pin_key_lookups(conn: Connection) -> None:
