@@ -9,13 +9,15 @@ canonical (they take the Python path, batch by batch).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
 from connectors.stores.tables import TableStore
+from connectors.stores.tables.dialects import postgresql
 from connectors.stores.tables.dialects.postgresql import PostgreSQLDialect
 from tests.tables_helpers import Source, stream, table_contents
 
@@ -148,55 +150,41 @@ def test_deltas_find_their_old_rows_by_keys_of_every_type(pg_url: str, key_types
         store.close()
 
 
-def test_a_failing_change_on_the_applying_connection_rolls_everything_back(
-    pg_url: str, monkeypatch: pytest.MonkeyPatch
+def _fail_the_change(monkeypatch: pytest.MonkeyPatch) -> tuple[type[BaseException], str]:
+    """The INSERT/DELETE (helper thread) changes the rows, then fails."""
+    applied = postgresql._Delta.apply
+
+    def apply_then_fail(self: postgresql._Delta) -> None:
+        applied(self)  # the rows are changed in the transaction...
+        raise RuntimeError("the server went away")  # ...which must then be rolled back
+
+    monkeypatch.setattr(postgresql._Delta, "apply", apply_then_fail)
+    return RuntimeError, "went away"
+
+
+def _fail_the_read(monkeypatch: pytest.MonkeyPatch) -> tuple[type[BaseException], str]:
+    """Reading the old rows on the second connection fails (the driver's own error)."""
+    monkeypatch.setattr(PostgreSQLDialect, "canonical_select", lambda self, columns, alias: "1 / 0")
+    return Exception, "division by zero"
+
+
+@pytest.mark.parametrize("fail", [_fail_the_change, _fail_the_read])
+def test_a_failing_change_or_read_rolls_the_delta_back(
+    pg_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    fail: Callable[[pytest.MonkeyPatch], tuple[type[BaseException], str]],
 ) -> None:
-    """The INSERT/DELETE run in a helper thread while the old rows are read elsewhere: its
-    error reaches the caller, nothing of the delta stays, no thread or connection is left."""
-    import threading
-
-    from connectors.stores.tables.dialects import postgresql
-
+    """The INSERT/DELETE run in a helper thread while the old rows are read on a second
+    connection: either's error reaches the caller, nothing of the delta stays, no thread or
+    connection is left."""
     store, source = TableStore(pg_url), Source(SCHEMA, subscription="sub-fail")
     try:
         header, payload = source.snapshot([row(i) for i in range(200)])
         assert store.apply(header, stream(payload), TABLE).match
         before = table_contents(pg_url, TABLE, SCHEMA)
-        applied = postgresql._Delta.apply
-
-        def apply_then_fail(self: postgresql._Delta) -> None:
-            applied(self)  # the rows are changed in the transaction...
-            raise RuntimeError("the server went away")  # ...which must then be rolled back
-
-        monkeypatch.setattr(postgresql._Delta, "apply", apply_then_fail)
+        error, message = fail(monkeypatch)
         header, payload = source.delta([row(i, variant=1) for i in range(0, 200, 2)], deletes=[("K00001",)])
-        with pytest.raises(RuntimeError, match="went away"):
-            store.apply(header, stream(payload), TABLE)
-        assert table_contents(pg_url, TABLE, SCHEMA) == before
-        assert store.position(source.subscription).sequence == 1  # type: ignore[union-attr]
-        assert not [t for t in threading.enumerate() if t.name == "delta-apply"]
-        assert store.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
-    finally:
-        store.close()
-
-
-def test_a_failing_read_of_the_old_rows_rolls_everything_back(
-    pg_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import threading
-
-    from connectors.stores.tables.dialects import postgresql
-
-    store, source = TableStore(pg_url), Source(SCHEMA, subscription="sub-fail-read")
-    try:
-        header, payload = source.snapshot([row(i) for i in range(200)])
-        assert store.apply(header, stream(payload), TABLE).match
-        before = table_contents(pg_url, TABLE, SCHEMA)
-        monkeypatch.setattr(
-            postgresql.PostgreSQLDialect, "canonical_select", lambda self, columns, alias: "1 / 0"
-        )
-        header, payload = source.delta([row(i, variant=1) for i in range(0, 200, 2)])
-        with pytest.raises(Exception, match="division by zero"):  # the driver's own error
+        with pytest.raises(error, match=message):
             store.apply(header, stream(payload), TABLE)
         assert table_contents(pg_url, TABLE, SCHEMA) == before
         assert store.position(source.subscription).sequence == 1  # type: ignore[union-attr]
