@@ -1,11 +1,12 @@
-"""The compiled fast path for checking and hashing upsert records (protocol/csrc/native.c).
+"""The compiled fast path for checking and hashing records (protocol/csrc/native.c).
 
 A :class:`FastRows` is built from a table's columns when every column is of a kind the C
 code knows exactly (all but floating point; of the declared formats, the ISO date and
-date-time). :meth:`FastRows.check_and_hash` then parses, validates and hashes a whole batch of
-framed records in one call with the GIL released. It only ever accepts: a batch holding
-anything it is not sure of (a bad value, a delete, a quoted value it cannot read, a fraction
-Python's ``datetime`` would refuse) returns False with the digest untouched, and the caller
+date-time). Its methods parse, validate and hash a whole batch in one call with the GIL
+released: a snapshot's upserts, a delta's upserts and deletes (returning their keys), or rows
+read back from a database. It only ever accepts: a batch holding anything it is not sure of
+(a bad value, a delete in a snapshot, a quoted value it cannot read, a fraction Python's
+``datetime`` would refuse) returns False (None) with the digest untouched, and the caller
 runs the Python path (:class:`protocol.canonical.ColumnValidator`), which decides and names
 the row. tests/test_fastrows.py checks, value by value, that C never accepts what Python
 refuses, and that both give the same digest.
