@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 
 .PHONY: venv demo test lint clean
 
-$(BIN)/.installed: pyproject.toml setup.py protocol/csrc/native.c protocol/csrc/xof.h
+$(BIN)/.installed: pyproject.toml setup.py $(wildcard protocol/csrc/*.c protocol/csrc/*.h)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[postgresql,mysql,dm,dev]'

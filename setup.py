@@ -19,7 +19,7 @@ BLAKE3 = "protocol/csrc/blake3"
 
 def lthash_extension() -> Extension:
     # blake3.c is #included by native.c (its XOF is widened there, protocol/csrc/xof.h)
-    sources = ["protocol/csrc/native.c"] + [
+    sources = ["protocol/csrc/native.c", "protocol/csrc/sqlite_rows.c"] + [
         f"{BLAKE3}/{name}" for name in ("blake3_dispatch.c", "blake3_portable.c")
     ]
     machine = platform.machine().lower()
@@ -37,7 +37,7 @@ def lthash_extension() -> Extension:
     return Extension(
         "protocol._native",
         sources=sources,
-        include_dirs=[BLAKE3],
+        include_dirs=[BLAKE3, "protocol/csrc/sqlite"],
         define_macros=macros,
         extra_objects=extra_objects,
         extra_compile_args=["-O3"] if sys.platform != "win32" else [],

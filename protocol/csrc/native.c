@@ -27,6 +27,7 @@
 /* BLAKE3 is compiled into this file (not linked) so that xof.h can reach its root node. */
 #include "blake3.c"
 #include "xof.h"
+#include "sqlite_rows.h"
 
 #define LANES 1024
 #define BUCKETS 256
@@ -842,7 +843,30 @@ set_xof_width(PyObject *module, PyObject *arg)
     return PyLong_FromLong(xof_width);
 }
 
+PyDoc_STRVAR(sqlite_register_doc,
+"sqlite_register(sqlite_module_path) -> None\n\n"
+"Give every SQLite connection opened from now on the edu_rows table (sqlite_rows.c), in the\n"
+"SQLite library used by the loaded module at sqlite_module_path (sqlite3's _sqlite3).\n"
+"OSError saying why when it cannot.");
+
+static PyObject *
+sqlite_register(PyObject *module, PyObject *arg)
+{
+    PyObject *path = NULL;
+    if (!PyUnicode_FSConverter(arg, &path))
+        return NULL;
+    char error[256];
+    int rc = edu_rows_register(PyBytes_AS_STRING(path), error, sizeof error);
+    Py_DECREF(path);
+    if (rc != 0) {
+        PyErr_SetString(PyExc_OSError, error);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
+    {"sqlite_register", sqlite_register, METH_O, sqlite_register_doc},
     {"set_xof_width", set_xof_width, METH_O, set_xof_width_doc},
     {"parse_rows", parse_rows, METH_VARARGS, parse_rows_doc},
     {"split_records", split_records, METH_VARARGS, split_records_doc},
