@@ -128,6 +128,22 @@ class Source:
         return {encode_values(r) for r in self.rows.values()}
 
 
+def spy_loaders(monkeypatch: Any, dialect_class: type[Any]) -> list[str]:
+    """The kinds of snapshot loaders and delta appliers ``dialect_class`` hands out, in order
+    (``monkeypatch`` is pytest's fixture)."""
+    seen: list[str] = []
+    for method in ("snapshot_loader", "delta_applier"):
+        real = getattr(dialect_class, method)
+
+        def spy(self: Any, *args: Any, _real: Any = real) -> Any:
+            made = _real(self, *args)
+            seen.append(type(made).__name__)
+            return made
+
+        monkeypatch.setattr(dialect_class, method, spy)
+    return seen
+
+
 def stream(payload: bytes) -> io.BytesIO:
     return io.BytesIO(payload)
 

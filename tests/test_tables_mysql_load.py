@@ -27,7 +27,7 @@ from connectors.stores.tables import PayloadMalformed, TableStore
 from connectors.stores.tables.dialects import base as dialect_base
 from connectors.stores.tables.dialects import mysql as mysql_dialect
 from protocol.canonical import encode_values, quote
-from tests.tables_helpers import STAFF_SCHEMA, Source, staff_row, stream, table_contents
+from tests.tables_helpers import STAFF_SCHEMA, Source, spy_loaders, staff_row, stream, table_contents
 
 pytestmark = pytest.mark.timeout(300)  # a hang is the failure these tests look for
 
@@ -93,23 +93,7 @@ def store(mysql_url: str) -> Iterator[TableStore]:
 @pytest.fixture
 def loaders(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The kinds of snapshot loaders and delta appliers the MySQL dialect hands out."""
-    seen: list[str] = []
-    snapshot_loader = mysql_dialect.MySQLDialect.snapshot_loader
-    delta_applier = mysql_dialect.MySQLDialect.delta_applier
-
-    def spy_loader(self: Any, *args: Any) -> Any:
-        loader = snapshot_loader(self, *args)
-        seen.append(type(loader).__name__)
-        return loader
-
-    def spy_applier(self: Any, *args: Any) -> Any:
-        applier = delta_applier(self, *args)
-        seen.append(type(applier).__name__)
-        return applier
-
-    monkeypatch.setattr(mysql_dialect.MySQLDialect, "snapshot_loader", spy_loader)
-    monkeypatch.setattr(mysql_dialect.MySQLDialect, "delta_applier", spy_applier)
-    return seen
+    return spy_loaders(monkeypatch, mysql_dialect.MySQLDialect)
 
 
 def apply(store: TableStore, header: object, payload: bytes, table: str = TABLE) -> Any:

@@ -163,9 +163,9 @@ class SqlDialect(ABC):
     def binder(self, ctype: ColumnType) -> Binder | None:
         """Canonical text -> driver parameter; None when the text binds as is."""
         if ctype.family is Family.BINARY:
-            return _hex_to_bytes
+            return hex_to_bytes
         if ctype.family is Family.BOOLEAN:
-            return _bool_to_int
+            return bool_to_int
         return None
 
     # -- sessions -------------------------------------------------------------------------
@@ -316,11 +316,13 @@ def split_ops(batch: Batch) -> tuple[list[Record], list[Record]]:
     return upserts, deletes
 
 
-def _hex_to_bytes(text: str) -> bytes:
+def hex_to_bytes(text: str) -> bytes:
+    """Canonical binary (``\\x`` then hex) -> the driver's bytes."""
     return bytes.fromhex(text[2:])
 
 
-def _bool_to_int(text: str) -> int:
+def bool_to_int(text: str) -> int:
+    """Canonical boolean -> 1/0 (for databases without a boolean type)."""
     return 1 if text == "true" else 0
 
 
