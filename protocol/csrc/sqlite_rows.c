@@ -62,13 +62,14 @@ rows_connect(sqlite3 *db, void *aux, int argc, const char *const *argv, sqlite3_
 {
     (void)aux, (void)argc, (void)argv, (void)error;
     /* "op", then c0..c999 (at most 6 bytes each with the comma), then the hidden arguments */
-    char *schema = sqlite3_malloc(64 + MAX_WIDTH * 7);
+    size_t capacity = 64 + MAX_WIDTH * 6, used;
+    char *schema = sqlite3_malloc((int)capacity);
     if (!schema)
         return SQLITE_NOMEM;
-    size_t used = (size_t)sprintf(schema, "CREATE TABLE x(op");
+    used = (size_t)snprintf(schema, capacity, "CREATE TABLE x(op");
     for (int i = 0; i < MAX_WIDTH; i++)
-        used += (size_t)sprintf(schema + used, ",c%d", i);
-    strcpy(schema + used, ",records HIDDEN,plan HIDDEN)");
+        used += (size_t)snprintf(schema + used, capacity - used, ",c%d", i);
+    snprintf(schema + used, capacity - used, ",records HIDDEN,plan HIDDEN)");
     int rc = sqlite3_declare_vtab(db, schema);
     sqlite3_free(schema);
     if (rc != SQLITE_OK)
