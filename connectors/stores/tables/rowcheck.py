@@ -253,12 +253,18 @@ def hash_stored_text(
     )
 
 
+_text_hashers = threading.local()
+"""Per thread: the columns and C plan of the schema last hashed (read-back tasks)."""
+
+
 def _hash_text_task(
     schema_key: str, schema: list[dict[str, Any]], kind: str, batches: list[RawBatch]
 ) -> TaskResult:
     """Thread entry point: the partial digest of rows read back as canonical text."""
-    columns = columns_from_schema(schema)
-    fast = FastRows.for_columns(columns)
+    if getattr(_text_hashers, "key", None) != schema_key:  # the column plan, once per thread
+        columns = columns_from_schema(schema)
+        _text_hashers.key, _text_hashers.plan = schema_key, (columns, FastRows.for_columns(columns))
+    columns, fast = _text_hashers.plan
     digest = LtHash()
     for batch in batches:
         hash_stored_text(columns, fast, batch, digest)
