@@ -10,6 +10,8 @@ FLOAT column, the store uses ``executemany`` throughout.
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import timezone
 from decimal import Decimal
@@ -245,3 +247,26 @@ def test_a_float_column_uses_executemany(sqlite_url: str, loaders: list[str]) ->
 def _package(package: tuple[Any, bytes], table: str = "staff") -> tuple[Any, Any, str]:
     header, payload = package
     return header, stream(payload), table
+
+
+EARLY_CONNECTION = """
+import sqlite3, sys
+import sqlalchemy as sa
+early = sqlite3.connect(sys.argv[1], check_same_thread=False)  # before the dialect registers edu_rows
+from connectors.stores.tables.dialects import sqlite as dialect
+engines = sa.create_engine("sqlite://", creator=lambda: early), sa.create_engine("sqlite:///" + sys.argv[1])
+print([dialect._has_rows_table(engine.connect()) for engine in engines])
+"""
+
+
+def test_a_connection_opened_before_the_registration_is_told_apart(tmp_path: Path) -> None:
+    """Only connections opened after the registration have edu_rows; the loader asks each one."""
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, "-c", EARLY_CONNECTION, str(tmp_path / "early.db")],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == "[False, True]"
