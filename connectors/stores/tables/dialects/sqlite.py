@@ -16,6 +16,7 @@ go through ``executemany``, with the same values.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -58,6 +59,9 @@ def _register_rows_table() -> str | None:
 
 ROWS_TABLE_MISSING = _register_rows_table()
 """None once edu_rows is registered (at import, before the store opens a connection)."""
+
+log = logging.getLogger(__name__)
+_fallbacks_logged: set[str] = set()
 
 _BINDERS: dict[str, Binder | None] = {"t": None, "i": int, "f": float, "x": hex_to_bytes, "b": bool_to_int}
 
@@ -115,13 +119,17 @@ class SQLiteDialect(SqlDialect):
 
 def _has_rows_table(conn: Connection) -> bool:
     """Whether this connection has edu_rows (opened after the registration, same SQLite)."""
-    if ROWS_TABLE_MISSING is not None:
-        return False
-    try:
-        conn.connection.driver_connection.execute("SELECT count(*) FROM edu_rows(?, ?)", ("", "t"))  # type: ignore[union-attr]
-    except sqlite3.OperationalError:
-        return False
-    return True
+    reason = ROWS_TABLE_MISSING
+    if reason is None:
+        try:
+            conn.connection.driver_connection.execute("SELECT count(*) FROM edu_rows(?, ?)", ("", "t"))  # type: ignore[union-attr]
+            return True
+        except sqlite3.OperationalError as exc:
+            reason = f"this connection has no edu_rows ({exc})"
+    if reason not in _fallbacks_logged:  # once per process: a daemon opens many stores
+        _fallbacks_logged.add(reason)
+        log.info("SQLite: edu_rows unavailable: %s; loading snapshots with executemany instead", reason)
+    return False
 
 
 class RowsTableLoader(SnapshotLoader):
