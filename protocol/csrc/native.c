@@ -27,6 +27,7 @@
 /* BLAKE3 is compiled into this file (not linked) so that xof.h can reach its root node. */
 #include "blake3.c"
 #include "xof.h"
+#include "fields.h"
 #include "sqlite_rows.h"
 
 #define LANES 1024
@@ -454,18 +455,9 @@ check_record(const row_plan *plan, int mode, const char *s, Py_ssize_t n, span *
             if (*p != '"' || (op == 'D' && !is_key))
                 return 0;
             field f = {p + 1, 0, 0};
-            const char *q = p + 1;
-            for (;;) {
-                q = memchr(q, '"', (size_t)(end - q));
-                if (!q)
-                    return 0;
-                if (q + 1 < end && q[1] == '"') {
-                    f.quotes++;
-                    q += 2;
-                    continue;
-                }
-                break;
-            }
+            const char *q = closing_quote(f.data, end, &f.quotes);
+            if (!q)
+                return 0;
             f.size = (size_t)(q - f.data);
             p = q + 1;
             if (!valid_value(c, &f))

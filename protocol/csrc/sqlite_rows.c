@@ -34,6 +34,7 @@
 #include "sqlite3ext.h"
 SQLITE_EXTENSION_INIT1
 
+#include "fields.h"
 #include "sqlite_rows.h"
 
 #define MAX_WIDTH 1000
@@ -44,7 +45,7 @@ SQLITE_EXTENSION_INIT1
 typedef struct {
     const char *data; /* between the quotes, doubled quotes still doubled; NULL for SQL NULL */
     size_t size;
-    int quotes;       /* any doubled quote inside */
+    size_t quotes;    /* doubled quotes inside */
 } value_span;
 
 typedef struct {
@@ -56,6 +57,15 @@ typedef struct {
     sqlite3_int64 row;
     value_span values[MAX_WIDTH];
 } rows_cursor;
+
+static void *
+zeroed(size_t size)
+{
+    void *memory = sqlite3_malloc64(size);
+    if (memory)
+        memset(memory, 0, size);
+    return memory;
+}
 
 static int
 rows_connect(sqlite3 *db, void *aux, int argc, const char *const *argv, sqlite3_vtab **out, char **error)
@@ -74,10 +84,9 @@ rows_connect(sqlite3 *db, void *aux, int argc, const char *const *argv, sqlite3_
     sqlite3_free(schema);
     if (rc != SQLITE_OK)
         return rc;
-    sqlite3_vtab *table = sqlite3_malloc(sizeof *table);
+    sqlite3_vtab *table = zeroed(sizeof *table);
     if (!table)
         return SQLITE_NOMEM;
-    memset(table, 0, sizeof *table);
     *out = table;
     return SQLITE_OK;
 }
@@ -124,10 +133,9 @@ static int
 rows_open(sqlite3_vtab *table, sqlite3_vtab_cursor **out)
 {
     (void)table;
-    rows_cursor *cursor = sqlite3_malloc(sizeof *cursor);
+    rows_cursor *cursor = zeroed(sizeof *cursor);
     if (!cursor)
         return SQLITE_NOMEM;
-    memset(cursor, 0, sizeof *cursor);
     *out = &cursor->base;
     return SQLITE_OK;
 }
@@ -151,12 +159,18 @@ rows_close(sqlite3_vtab_cursor *base)
 }
 
 static int
-fail(rows_cursor *cursor, const char *what)
+refuse(rows_cursor *cursor, char *message)
 {
     sqlite3_free(cursor->base.pVtab->zErrMsg);
-    cursor->base.pVtab->zErrMsg =
-        sqlite3_mprintf("edu_rows: record %lld of the batch %s", (long long)cursor->row + 1, what);
-    return SQLITE_ERROR;
+    cursor->base.pVtab->zErrMsg = message;
+    return message ? SQLITE_ERROR : SQLITE_NOMEM;
+}
+
+/* A record not in the canonical encoding: the error names it. */
+static int
+fail(rows_cursor *cursor, const char *what)
+{
+    return refuse(cursor, sqlite3_mprintf("edu_rows: record %lld of the batch %s", (long long)cursor->row + 1, what));
 }
 
 /* Cut the next record into its op and value spans (the canonical encoding only). */
@@ -182,19 +196,10 @@ rows_next(sqlite3_vtab_cursor *base)
         } else {
             if (*p != '"')
                 return fail(cursor, "has an unquoted value");
-            const char *q = ++p;
             v->quotes = 0;
-            for (;;) {
-                q = memchr(q, '"', (size_t)(end - q));
-                if (!q)
-                    return fail(cursor, "has an unterminated quoted value");
-                if (q + 1 < end && q[1] == '"') {
-                    v->quotes = 1;
-                    q += 2;
-                    continue;
-                }
-                break;
-            }
+            const char *q = closing_quote(++p, end, &v->quotes);
+            if (!q)
+                return fail(cursor, "has an unterminated quoted value");
             v->data = p;
             v->size = (size_t)(q - p);
             p = q + 1;
@@ -237,15 +242,16 @@ rows_filter(sqlite3_vtab_cursor *base, int index, const char *index_name, int ar
     cursor->position = cursor->size = 0;
     cursor->row = 0;
     cursor->eof = 0;
-    if (argc != 2)
-        return fail(cursor, "has no plan");
+    if (argc != 2) /* rows_best_index asks for both */
+        return refuse(cursor, sqlite3_mprintf("edu_rows: needs the records and the plan"));
     size_t plan_size = 0;
     cursor->records = copy_argument(argv[0], &cursor->size);
     cursor->plan = copy_argument(argv[1], &plan_size);
     if (!cursor->records || !cursor->plan)
         return SQLITE_NOMEM;
     if (plan_size < 1 || plan_size > MAX_WIDTH || strspn(cursor->plan, "tixb") != plan_size)
-        return fail(cursor, "comes with a plan that is not 1 to 1000 of the letters t, i, x, b");
+        return refuse(cursor, sqlite3_mprintf("edu_rows: the batch comes with a plan that is not 1 to 1000 "
+                                              "of the letters t, i, x, b"));
     cursor->width = (int)plan_size;
     /* a newline after the last record ends it like any other (rows_next) */
     return rows_next(base);
